@@ -1,0 +1,69 @@
+//! isquant: data-free int8 quantization of ONNX CNNs.
+//!
+//! The pipeline (see `docs/architecture.md`): read a model ([`onnx::io`]) → editable graph
+//! ([`graph`]) → passes ([`passes`]) → write ([`onnx::io::write_model`]) → validate in tract.
+//!
+//! ```no_run
+//! use std::path::Path;
+//! let loaded = isquant::load(Path::new("fixtures/fmnist-small-bn.onnx"))?;
+//! println!("{} nodes", loaded.model.graph.nodes.len());
+//! # Ok::<(), isquant::Error>(())
+//! ```
+
+pub mod error;
+pub mod graph;
+pub mod inspect;
+pub mod onnx;
+pub mod passes;
+pub mod validate;
+
+pub use error::{Error, Result};
+
+use std::path::Path;
+
+/// A model loaded from disk, with what the reader found about its storage.
+#[derive(Debug, Clone)]
+pub struct LoadedModel {
+    /// The editable model.
+    pub model: graph::Model,
+    /// Where weights were stored.
+    pub info: onnx::io::LoadInfo,
+}
+
+/// Reads a model file (resolving external data), builds the editable graph and checks it
+/// (every input defined, no value produced twice, no cycle).
+///
+/// # Errors
+/// Unreadable or invalid files and malformed graphs; every error names the file, node or
+/// tensor involved.
+pub fn load(path: &Path) -> Result<LoadedModel> {
+    let loaded = onnx::io::read_model(path)?;
+    let model = graph::Model::from_proto(loaded.model).map_err(|e| in_file(path, e))?;
+    model.graph.check().map_err(|e| in_file(path, e))?;
+    check_tensors(&model).map_err(|e| in_file(path, e))?;
+    Ok(LoadedModel {
+        model,
+        info: loaded.info,
+    })
+}
+
+/// Checks every initializer and `Constant`-node tensor (type known, length matches shape).
+fn check_tensors(model: &graph::Model) -> Result<()> {
+    for t in model.graph.initializers() {
+        onnx::tensor::check(t)?;
+    }
+    for n in model.graph.nodes.iter().filter(|n| n.is("Constant")) {
+        if let Ok(Some(t)) = onnx::attrs::tensor(&n.attributes, "value") {
+            onnx::tensor::check(t).map_err(|e| n.error(e.to_string()))?;
+        }
+    }
+    Ok(())
+}
+
+/// Wraps a graph-level error with the file it came from.
+fn in_file(path: &Path, e: Error) -> Error {
+    Error::Model {
+        path: path.into(),
+        reason: e.to_string(),
+    }
+}
