@@ -37,7 +37,23 @@ pub struct LoadedModel {
 /// Unreadable or invalid files and malformed graphs; every error names the file, node or
 /// tensor involved.
 pub fn load(path: &Path) -> Result<LoadedModel> {
-    let loaded = onnx::io::read_model(path)?;
+    build(onnx::io::read_model(path)?, path)
+}
+
+/// As [`load`], from bytes already in memory. `label` names the model in messages;
+/// `base_dir` is where external data files are looked for (`None`: external data is an error).
+///
+/// # Errors
+/// As [`load`].
+pub fn load_bytes(
+    bytes: bytes::Bytes,
+    label: &Path,
+    base_dir: Option<&Path>,
+) -> Result<LoadedModel> {
+    build(onnx::io::decode_model(bytes, label, base_dir)?, label)
+}
+
+fn build(loaded: onnx::io::Loaded, path: &Path) -> Result<LoadedModel> {
     let model = graph::Model::from_proto(loaded.model).map_err(|e| in_file(path, e))?;
     model.graph.check().map_err(|e| in_file(path, e))?;
     check_tensors(&model).map_err(|e| in_file(path, e))?;

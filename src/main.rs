@@ -77,8 +77,11 @@ fn run(cli: Cli) -> isquant::Result<ExitCode> {
     match cli.command {
         Command::Inspect { model, json } => {
             let loaded = isquant::load(&model)?;
-            let report =
-                isquant::inspect::inspect(&loaded.model, &model.display().to_string(), &loaded.info)?;
+            let report = isquant::inspect::inspect(
+                &loaded.model,
+                &model.display().to_string(),
+                &loaded.info,
+            )?;
             if json {
                 let text = serde_json::to_string_pretty(&report)
                     .map_err(|e| isquant::Error::Config(format!("cannot encode JSON: {e}")))?;
@@ -102,11 +105,7 @@ fn run(cli: Cli) -> isquant::Result<ExitCode> {
             let inputs = input_files(&input, &loaded.info);
             let inputs: Vec<&Path> = inputs.iter().map(PathBuf::as_path).collect();
             let written = io::write_model(&loaded.model.to_proto(), &output, external, &inputs)?;
-            let mut line = format!(
-                "wrote {} ({} bytes",
-                output.display(),
-                written.model_bytes
-            );
+            let mut line = format!("wrote {} ({} bytes", output.display(), written.model_bytes);
             if let Some((data, n)) = &written.external {
                 line.push_str(&format!(", weights in {} ({n} bytes)", data.display()));
             }

@@ -39,9 +39,11 @@
 //! - `S == 0` in the K stage: no flip and no candidate (spec deviation D1).
 //! - Fewer candidates than `k`: flip only the candidates (spec deviation D2; only possible
 //!   when some `x` lies beyond `qmin`/`qmax`). The over/under test still uses `k`.
-//! - Errors and sums are f64 (x is widened exactly from f32); sums run in flat index
-//!   order, one channel per task, so results are bit-identical for any thread count.
-//!   The f32 reference can differ only when `|S|` is within ~1e−6 of a `.5` boundary.
+//! - Errors and sums are f64 (x is widened exactly from f32, so every RTN error is
+//!   exact). Kernel sums run in index order, channel sums in a fixed four-lane order,
+//!   and each channel is one sequential task, so results are bit-identical for any
+//!   thread count. The f32 reference, or another summation order, can differ only when
+//!   `|S|` is within rounding noise (~1e−6 in f32) of a `.5` boundary or of 0.
 //!
 //! # Invariants (tested below)
 //!
@@ -157,7 +159,7 @@ pub fn round_nearest<D: Dimension>(
     qmax: i32,
 ) -> Array<i32, D> {
     let (qmin, qmax) = ordered(qmin, qmax);
-    x.mapv(|v| (rne(f64::from(v)) as i32).clamp(qmin, qmax))
+    x.mapv(|v| rne_pair(f64::from(v)).1.clamp(qmin, qmax))
 }
 
 /// Round `x` (weights divided by the scale, viewed as `[O, I, K]`) onto `[qmin, qmax]`
@@ -198,6 +200,7 @@ pub fn round_squant(
     let stats = q_channels
         .into_par_iter()
         .zip(x_channels)
+        .with_min_len(MIN_TASK_ELEMENTS.div_ceil(i * k))
         .map_init(
             || Scratch::with_len(i * k),
             |scratch, (mut qc, xc)| {
@@ -217,6 +220,10 @@ pub fn round_squant(
     (q, stats)
 }
 
+/// Channels are grouped so that one rayon task rounds at least this many weights
+/// (tiny depthwise channels would otherwise cost more in scheduling than in work).
+const MIN_TASK_ELEMENTS: usize = 1 << 14;
+
 /// Returns `(min, max)` of the two bounds, so `clamp` can never panic.
 fn ordered(a: i32, b: i32) -> (i32, i32) {
     if a <= b {
@@ -226,18 +233,32 @@ fn ordered(a: i32, b: i32) -> (i32, i32) {
     }
 }
 
-/// Round half to even. `1.5·2^52` added and subtracted forces rounding at the units
-/// place in the current (round-to-nearest-even) mode; this avoids a `roundeven` libcall
-/// on x86-64 targets without SSE4.1. `|v| ≥ 2^51` (and ±∞, NaN) are returned as is;
-/// every f32 of that size is already an integer.
+/// `1.5 · 2^52`: adding it to `|v| < 2^51` leaves no fraction bits, so the hardware
+/// rounds at the units place, half to even (the default rounding mode).
+const MAGIC: f64 = 6_755_399_441_055_744.0;
+
+/// Round half to even. The [`MAGIC`] add/subtract avoids a `roundeven` libcall on
+/// x86-64 without SSE4.1; `|v| ≥ 2^51` (and ±∞, NaN) are returned as is, every f32 of
+/// that size being an integer already.
 #[inline]
 fn rne(v: f64) -> f64 {
-    const MAGIC: f64 = 6_755_399_441_055_744.0; // 1.5 · 2^52
-    const LIMIT: f64 = 2_251_799_813_685_248.0; // 2^51
-    if v.abs() < LIMIT {
+    if v.abs() < 2_251_799_813_685_248.0 {
         (v + MAGIC) - MAGIC
     } else {
         v
+    }
+}
+
+/// `rne(v)` as f64 and as i32 (saturating, NaN → 0). Below `2^31` the integer is read
+/// from the low mantissa bits of `v + MAGIC`, which are `rne(v)` in two's complement;
+/// this is cheaper than a saturating float-to-int cast.
+#[inline]
+fn rne_pair(v: f64) -> (f64, i32) {
+    if v.abs() < 2_147_483_648.0 {
+        let t = v + MAGIC;
+        (t - MAGIC, t.to_bits() as u32 as i32)
+    } else {
+        (v, v as i32)
     }
 }
 
@@ -250,29 +271,91 @@ struct Grid {
     use_c: bool,
 }
 
-/// A flip candidate: priority, flat index within the channel, and the offset from `q₀`
-/// the element takes when the candidate is applied.
+/// A flip candidate: priority key, flat index within the channel, and the offset from
+/// `q₀` the element takes when the candidate is applied.
 #[derive(Clone, Copy)]
 struct Candidate {
-    priority: f64,
+    /// `priority.to_bits()`: priorities are `|e| ≥ 0`, for which the bit pattern orders
+    /// like the value (as `f64::total_cmp`), so comparisons are plain integer ones.
+    key: u64,
     index: usize,
     target: i8,
 }
 
+impl Candidate {
+    const EMPTY: Candidate = Candidate {
+        key: 0,
+        index: 0,
+        target: 0,
+    };
+
+    fn new(priority: f64, index: usize, target: i8) -> Candidate {
+        Candidate {
+            key: priority.abs().to_bits(),
+            index,
+            target,
+        }
+    }
+
+    /// Rank in one integer: priority in the high half, reversed index in the low half,
+    /// so "higher rank" is [`by_priority`]'s "first" and a max scan needs no branch
+    /// on ties.
+    #[inline]
+    fn rank(&self) -> u128 {
+        (u128::from(self.key) << 64) | u128::from(u64::MAX - self.index as u64)
+    }
+}
+
 /// Priority descending, then lower index first: a strict total order.
 fn by_priority(a: &Candidate, b: &Candidate) -> Ordering {
-    b.priority
-        .total_cmp(&a.priority)
-        .then(a.index.cmp(&b.index))
+    b.key.cmp(&a.key).then(a.index.cmp(&b.index))
 }
+
+/// Up to this many picks a branch-free partial selection sort (`n` max scans) beats
+/// `select_nth_unstable_by`; the kernel stage nearly always needs 1–3.
+const FEW_PICKS: usize = 4;
 
 /// Moves the best `n` candidates (by [`by_priority`]) to the front, in any order, and
 /// returns the position of the `n`-th best (the worst of the front part). `None` when
-/// `n == 0` or `n > pool.len()`.
+/// `n == 0` or `n > pool.len()`. The order is strict and total, so the chosen set and
+/// the `n`-th element are those of a stable full sort.
 fn partition_best(pool: &mut [Candidate], n: usize) -> Option<usize> {
     let nth = n.checked_sub(1).filter(|&nth| nth < pool.len())?;
-    pool.select_nth_unstable_by(nth, by_priority);
+    if n <= FEW_PICKS {
+        for p in 0..n {
+            let mut best = p;
+            let mut best_rank = pool[p].rank();
+            for (j, c) in pool.iter().enumerate().skip(p + 1) {
+                let rank = c.rank();
+                if rank > best_rank {
+                    best = j;
+                    best_rank = rank;
+                }
+            }
+            pool.swap(p, best);
+        }
+    } else {
+        pool.select_nth_unstable_by(nth, by_priority);
+    }
     Some(nth)
+}
+
+/// Sum in a fixed order (four interleaved lanes, then the tail), independent of
+/// threading; lanes shorten the floating-point dependency chain.
+fn sum_fixed_order(v: &[f64]) -> f64 {
+    let mut lanes = [0.0f64; 4];
+    let chunks = v.chunks_exact(4);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for (l, &x) in lanes.iter_mut().zip(c) {
+            *l += x;
+        }
+    }
+    let mut sum = (lanes[0] + lanes[1]) + (lanes[2] + lanes[3]);
+    for &x in tail {
+        sum += x;
+    }
+    sum
 }
 
 /// Per-channel working buffers, reused across the channels of one rayon task.
@@ -283,7 +366,7 @@ struct Scratch {
     q0: Vec<i32>,
     /// Current offset from `q0`: −1, 0 or +1.
     flip: Vec<i8>,
-    /// Selection buffer.
+    /// Selection buffer; only a prefix is live.
     pool: Vec<Candidate>,
     /// Channel-stage candidates left by the kernel stage, by direction.
     up: Vec<Candidate>,
@@ -303,31 +386,45 @@ impl Scratch {
     }
 
     /// Reads one channel (`I·K` values in `[I, K]` order) and rounds it to nearest.
-    fn load<'a>(&mut self, x: impl Iterator<Item = &'a f32>) {
-        self.e.clear();
-        self.q0.clear();
+    fn load<'a>(&mut self, x: impl ExactSizeIterator<Item = &'a f32>) {
+        let n = x.len();
+        self.e.resize(n, 0.0);
+        self.q0.resize(n, 0);
         self.flip.clear();
-        for &v in x {
+        self.flip.resize(n, 0);
+        for ((e, q0), &v) in self.e.iter_mut().zip(self.q0.iter_mut()).zip(x) {
             let v = f64::from(v);
-            let r = rne(v);
-            self.e.push(r - v);
-            self.q0.push(r as i32);
+            let (r, q) = rne_pair(v);
+            *e = r - v;
+            *q0 = q;
         }
-        self.flip.resize(self.e.len(), 0);
         self.up.clear();
         self.down.clear();
     }
 
-    /// Whether element `j` may move by `d` from `q0` (uses the RTN error, so call it
-    /// only while `e[j]` is unflipped). `e < 0 ∧ x < qmax` ⇔ `e < 0 ∧ q0 < qmax`
-    /// because `x ∈ (q0, q0 + 0.5]`; likewise downwards.
-    #[inline]
-    fn can(&self, j: usize, d: i8, grid: &Grid) -> bool {
-        if d > 0 {
-            self.e[j] < 0.0 && self.q0[j] < grid.qmax
-        } else {
-            self.e[j] > 0.0 && self.q0[j] > grid.qmin
+    /// Collects the elements of `start..end` that may move by `d` from `q0` into
+    /// `pool[..m]` (index order) and returns `m`. Uses the RTN error, so call it only on
+    /// unflipped elements. `e < 0 ∧ x < qmax` ⇔ `e < 0 ∧ q0 < qmax` because
+    /// `x ∈ (q0, q0 + 0.5]`; likewise downwards. Branch-free: the sign of `e` is random.
+    fn gather(&mut self, start: usize, end: usize, d: i8, grid: &Grid) -> usize {
+        let len = end - start;
+        if self.pool.len() < len {
+            self.pool.resize(len, Candidate::EMPTY);
         }
+        let mut m = 0;
+        let errors = self.e[start..end].iter().zip(&self.q0[start..end]);
+        for (index, (&e, &q0)) in (start..).zip(errors) {
+            let ok = if d > 0 {
+                (e < 0.0) & (q0 < grid.qmax)
+            } else {
+                (e > 0.0) & (q0 > grid.qmin)
+            };
+            if let Some(slot) = self.pool.get_mut(m) {
+                *slot = Candidate::new(e, index, d);
+            }
+            m += usize::from(ok);
+        }
+        m
     }
 
     /// Runs the enabled stages on the loaded channel.
@@ -359,40 +456,34 @@ impl Scratch {
         let d: i8 = if sum < 0.0 { 1 } else { -1 };
         let abs = sum.abs();
         let k = rne(abs);
-        self.pool.clear();
-        for j in start..end {
-            if self.can(j, d, grid) {
-                self.pool.push(Candidate {
-                    priority: self.e[j].abs(),
-                    index: j,
-                    target: d,
-                });
-            }
-        }
-        let m = self.pool.len();
+        let m = self.gather(start, end, d, grid);
         let k_n = k as usize; // saturating; k is a small non-negative integer
         let n_flip = k_n.min(m);
         if k >= abs {
             // Over-flipped or exact: the last flipped element may be undone.
-            let Some(last) = partition_best(&mut self.pool, n_flip) else {
+            let Some(last) = partition_best(&mut self.pool[..m], n_flip) else {
                 return 0;
             };
             self.apply_kernel_flips(n_flip, d);
             let index = self.pool[last].index;
-            let undo = Candidate {
-                priority: self.e[index].abs(),
-                index,
-                target: 0,
-            };
-            self.candidates(-d).push(undo);
+            let undo = Candidate::new(self.e[index], index, 0);
+            if d > 0 {
+                self.down.push(undo);
+            } else {
+                self.up.push(undo);
+            }
         } else if k_n < m {
             // Under-flipped: the next-best element is the channel-stage candidate.
-            let Some(next) = partition_best(&mut self.pool, k_n + 1) else {
+            let Some(next) = partition_best(&mut self.pool[..m], k_n + 1) else {
                 return 0;
             };
             self.apply_kernel_flips(k_n, d);
             let fresh = self.pool[next];
-            self.candidates(d).push(fresh);
+            if d > 0 {
+                self.up.push(fresh);
+            } else {
+                self.down.push(fresh);
+            }
         } else {
             // Under-flipped with every candidate used (D2): nothing left to offer.
             self.apply_kernel_flips(n_flip, d);
@@ -408,50 +499,36 @@ impl Scratch {
         }
     }
 
-    fn candidates(&mut self, d: i8) -> &mut Vec<Candidate> {
-        if d > 0 {
-            &mut self.up
-        } else {
-            &mut self.down
-        }
-    }
-
     /// C stage over the whole channel; returns `(moves, undos)`.
     fn round_channel_stage(&mut self, grid: &Grid) -> (u64, u64) {
-        let sum = self.e.iter().fold(0.0f64, |s, &v| s + v);
+        let sum = sum_fixed_order(&self.e);
         if sum == 0.0 {
             return (0, 0);
         }
         let d: i8 = if sum < 0.0 { 1 } else { -1 };
-        let k = rne(sum.abs()) as usize;
+        let k = rne(sum.abs()) as usize; // saturating
         if k == 0 {
             return (0, 0);
         }
-        let mut pool = std::mem::take(&mut self.pool);
-        pool.clear();
-        if grid.use_k {
-            pool.extend_from_slice(if d > 0 { &self.up } else { &self.down });
-        } else {
-            for j in 0..self.e.len() {
-                if self.can(j, d, grid) {
-                    pool.push(Candidate {
-                        priority: self.e[j].abs(),
-                        index: j,
-                        target: d,
-                    });
-                }
+        let pool = if grid.use_k {
+            if d > 0 {
+                &mut self.up[..]
+            } else {
+                &mut self.down[..]
             }
-        }
+        } else {
+            let m = self.gather(0, self.e.len(), d, grid);
+            &mut self.pool[..m]
+        };
         let n = k.min(pool.len());
-        let mut undos = 0;
         if n < pool.len() {
-            partition_best(&mut pool, n);
+            partition_best(pool, n);
         }
+        let mut undos = 0;
         for c in &pool[..n] {
             self.flip[c.index] = c.target;
             undos += u64::from(c.target == 0);
         }
-        self.pool = pool;
         (n as u64, undos)
     }
 
@@ -734,6 +811,36 @@ mod tests {
             f64::INFINITY,
         ] {
             assert_eq!(rne(v), v.round_ties_even(), "rne({v})");
+        }
+        let edges = [
+            0.0,
+            -0.0,
+            0.5,
+            -0.5,
+            2147483520.0,
+            -2147483648.0,
+            2147483648.0,
+            3e9,
+        ];
+        for v in edges
+            .into_iter()
+            .chain([-3e9, f64::NAN, f64::INFINITY, -1e300])
+        {
+            let (r, q) = rne_pair(v);
+            assert_eq!(q, v.round_ties_even() as i32, "rne_pair({v})");
+            assert!(r == v.round_ties_even() || v.is_nan(), "rne_pair({v})");
+        }
+        for _ in 0..100_000 {
+            let v = f64::from((rng.normal() * 3e9) as f32);
+            assert_eq!(
+                rne_pair(v),
+                (v.round_ties_even(), v.round_ties_even() as i32)
+            );
+            let v = f64::from((rng.normal() * 300.0) as f32);
+            assert_eq!(
+                rne_pair(v),
+                (v.round_ties_even(), v.round_ties_even() as i32)
+            );
         }
         // |S| = 0.5 gives k = 0 (no flip); |S| = 1.5 and 2.5 give k = 2.
         let x = layer((1, 1, 2), &[0.25, 0.25]); // S = −0.5

@@ -16,7 +16,7 @@ fn tract_err(action: impl Into<String>) -> impl FnOnce(TractError) -> Error {
     let action = action.into();
     move |e| Error::Tract {
         action,
-        source: format!("{e:?}").into(),
+        source: format!("{e:#}").into(),
     }
 }
 
@@ -46,7 +46,11 @@ impl TractModel {
     /// # Errors
     /// tract cannot parse, type or optimize the model.
     pub fn load(source: Source<'_>, input_shapes: &[Vec<usize>]) -> Result<Self> {
-        let onnx = tract_onnx::onnx();
+        // Shapes in value_info and outputs may use symbols (or -1) that would not unify with
+        // the concrete input shapes chosen here; tract re-infers them.
+        let onnx = tract_onnx::onnx()
+            .with_ignore_value_info(true)
+            .with_ignore_output_shapes(true);
         let mut model = match source {
             Source::Path(p) => onnx
                 .model_for_path(p)

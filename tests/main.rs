@@ -1,0 +1,11 @@
+//! Integration tests: one binary (every test binary would link tract otherwise).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+mod bad_input;
+mod external;
+mod fuzz;
+mod graph_edit;
+mod roundtrip;

@@ -243,12 +243,7 @@ impl Model {
         self.header
             .opset_import
             .iter()
-            .map(|o| {
-                (
-                    o.domain.clone().unwrap_or_default(),
-                    o.version.unwrap_or(0),
-                )
-            })
+            .map(|o| (o.domain.clone().unwrap_or_default(), o.version.unwrap_or(0)))
             .collect()
     }
 
@@ -366,8 +361,7 @@ impl Graph {
         match self.initializer_index.get(&name) {
             Some(&i) => self.initializers[i] = t,
             None => {
-                self.initializer_index
-                    .insert(name, self.initializers.len());
+                self.initializer_index.insert(name, self.initializers.len());
                 self.initializers.push(t);
             }
         }
@@ -466,7 +460,8 @@ impl Graph {
             if !node.is("Constant") {
                 return Ok(None);
             }
-            return constant_node_value(node, name).map(|t| Some((t, ConstantSource::ConstantNode(i))));
+            return constant_node_value(node, name)
+                .map(|t| Some((t, ConstantSource::ConstantNode(i))));
         }
         Ok(None)
     }
@@ -631,11 +626,8 @@ impl Graph {
         loop {
             let used = self.referenced_names();
             let before = self.nodes.len();
-            self.nodes.retain(|n| {
-                n.outputs
-                    .iter()
-                    .any(|o| !o.is_empty() && used.contains(o))
-            });
+            self.nodes
+                .retain(|n| n.outputs.iter().any(|o| !o.is_empty() && used.contains(o)));
             let gone = before - self.nodes.len();
             if gone == 0 {
                 return removed;

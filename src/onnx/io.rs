@@ -104,7 +104,10 @@ pub fn decode_model(bytes: Bytes, path: &Path, base_dir: Option<&Path>) -> Resul
         files: HashMap::new(),
         info: LoadInfo::default(),
     };
-    resolver.resolve_graph(graph)?;
+    resolver.resolve_graph(graph).map_err(|e| Error::Model {
+        path: path.into(),
+        reason: e.to_string(),
+    })?;
     let info = resolver.info;
     Ok(Loaded { model, info })
 }
@@ -150,9 +153,8 @@ impl ExternalResolver<'_> {
                 .find(|e| e.key.as_deref() == Some(k))
                 .and_then(|e| e.value.clone())
         };
-        let location = key("location").ok_or_else(|| {
-            Error::tensor(&name, "external data without a `location` entry")
-        })?;
+        let location = key("location")
+            .ok_or_else(|| Error::tensor(&name, "external data without a `location` entry"))?;
         let parse = |k: &str| -> Result<Option<usize>> {
             key(k)
                 .map(|v| {
@@ -364,7 +366,8 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = dir.join(format!(".{name}.{}.isquant-tmp", std::process::id()));
     let result = (|| {
         let mut f = fs::File::create(&tmp).map_err(|e| Error::io("create", &tmp, e))?;
-        f.write_all(bytes).map_err(|e| Error::io("write", &tmp, e))?;
+        f.write_all(bytes)
+            .map_err(|e| Error::io("write", &tmp, e))?;
         f.sync_all().map_err(|e| Error::io("sync", &tmp, e))?;
         fs::rename(&tmp, path).map_err(|e| Error::io("rename into place", path, e))
     })();

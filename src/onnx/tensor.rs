@@ -520,7 +520,9 @@ mod tests {
         let bits: [u16; 5] = [0x3c00, 0xc000, 0x7bff, 0x0001, 0x7c00];
         let mut t = typed(DataType::Float16, &[5]);
         t.raw_data = Some(Bytes::from(
-            bits.iter().flat_map(|b| b.to_le_bytes()).collect::<Vec<_>>(),
+            bits.iter()
+                .flat_map(|b| b.to_le_bytes())
+                .collect::<Vec<_>>(),
         ));
         let a = to_f32(&t).unwrap();
         assert_eq!(a[[0]], 1.0);

@@ -117,7 +117,12 @@ fn analyze_one(
         !o.is_empty() && (consumers.contains_key(o.as_str()) || outputs.contains(o.as_str()))
     });
     keep_unless!(bn, !extra_used, "its running-statistics outputs are used");
-    keep_unless!(bn, node.inputs.len() == 5, "has {} inputs, expected 5", node.inputs.len());
+    keep_unless!(
+        bn,
+        node.inputs.len() == 5,
+        "has {} inputs, expected 5",
+        node.inputs.len()
+    );
     for (k, what) in [(1, "scale"), (2, "B"), (3, "mean"), (4, "var")] {
         let name = node.input(k).unwrap_or("");
         keep_unless!(
@@ -158,7 +163,15 @@ fn analyze_one(
             );
             keep_unless!(
                 bn,
-                single_use(graph.nodes[j].outputs.first().map(String::as_str).unwrap_or(""), consumers, outputs),
+                single_use(
+                    graph.nodes[j]
+                        .outputs
+                        .first()
+                        .map(String::as_str)
+                        .unwrap_or(""),
+                    consumers,
+                    outputs
+                ),
                 "MatMul `{}` output has other consumers",
                 graph.nodes[j].display_name()
             );
@@ -178,8 +191,16 @@ fn analyze_one(
     } else {
         let after_activation = matches!(
             lnode.op_type.as_str(),
-            "Relu" | "Clip" | "LeakyRelu" | "PRelu" | "Sigmoid" | "HardSigmoid" | "HardSwish"
-                | "Tanh" | "Elu" | "Selu"
+            "Relu"
+                | "Clip"
+                | "LeakyRelu"
+                | "PRelu"
+                | "Sigmoid"
+                | "HardSigmoid"
+                | "HardSwish"
+                | "Tanh"
+                | "Elu"
+                | "Selu"
         );
         let why = if after_activation {
             format!(
@@ -213,7 +234,11 @@ fn analyze_one(
             lnode.display_name()
         );
     }
-    let feeds = graph.nodes[p].outputs.first().map(String::as_str).unwrap_or("");
+    let feeds = graph.nodes[p]
+        .outputs
+        .first()
+        .map(String::as_str)
+        .unwrap_or("");
     keep_unless!(
         bn,
         single_use(feeds, consumers, outputs),

@@ -69,7 +69,8 @@ pub fn find_targets(graph: &Graph) -> Result<(Vec<Target>, Vec<Skip>)> {
             continue;
         }
         let float = matches!(
-            t.data_type.and_then(|d| crate::onnx::DataType::try_from(d).ok()),
+            t.data_type
+                .and_then(|d| crate::onnx::DataType::try_from(d).ok()),
             Some(crate::onnx::DataType::Float)
         );
         if !float {
