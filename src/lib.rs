@@ -15,6 +15,7 @@ pub mod graph;
 pub mod inspect;
 pub mod onnx;
 pub mod passes;
+pub mod squant;
 pub mod validate;
 
 pub use error::{Error, Result};

@@ -877,21 +877,16 @@ mod tests {
     ];
 
     fn kernel_sums(q: &Array3<i32>, x: &Array3<f32>) -> Vec<f64> {
-        let (o, i, k) = x.dim();
-        let mut sums = Vec::with_capacity(o * i);
-        for (qo, xo) in q.outer_iter().zip(x.outer_iter()) {
-            for (qk, xk) in qo.outer_iter().zip(xo.outer_iter()) {
-                let s: f64 = qk
-                    .iter()
+        let q_rows = q.rows().into_iter();
+        q_rows
+            .zip(x.rows())
+            .map(|(qk, xk)| {
+                qk.iter()
                     .zip(&xk)
                     .map(|(&q, &x)| f64::from(q) - f64::from(x))
-                    .sum();
-                sums.push(s);
-            }
-        }
-        assert_eq!(sums.len(), o * i);
-        let _ = k;
-        sums
+                    .sum()
+            })
+            .collect()
     }
 
     fn channel_sums(q: &Array3<i32>, x: &Array3<f32>) -> Vec<f64> {
