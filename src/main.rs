@@ -55,6 +55,22 @@ enum Command {
         #[arg(long)]
         external_data: bool,
     },
+    /// Fold BatchNormalization into the neighbouring Conv/ConvTranspose/Gemm/MatMul (the first
+    /// step of `quantize`), and report the BNs that cannot be folded.
+    #[command(
+        name = "fold-bn",
+        after_help = "Example:\n  isquant fold-bn fixtures/fmnist-small-bn.onnx -o folded.onnx"
+    )]
+    FoldBn {
+        /// The ONNX model to read (never modified).
+        input: PathBuf,
+        /// Where to write the folded model.
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Put every initializer of 1 kB or more in `<output>.data`.
+        #[arg(long)]
+        external_data: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -118,8 +134,53 @@ fn run(cli: Cli) -> isquant::Result<ExitCode> {
                 );
             }
         }
+        Command::FoldBn {
+            input,
+            output,
+            external_data,
+        } => {
+            let start = Instant::now();
+            let mut loaded = isquant::load(&input)?;
+            let report = isquant::passes::fold_bn::fold_batch_norms(&mut loaded.model)?;
+            let written = write(&loaded, &input, &output, external_data)?;
+            println!(
+                "folded {} BatchNormalization node(s), kept {}",
+                report.folded.len(),
+                report.kept.len()
+            );
+            for f in &report.folded {
+                println!("  fold  {} -> {} ({})", f.bn, f.layer, f.direction);
+            }
+            for k in &report.kept {
+                println!("  keep  {}: {}", k.node, k.reason);
+            }
+            println!("wrote {written} in {:.2?}", start.elapsed());
+        }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Writes a model next to its inputs' rules (never over them) and describes what was written.
+fn write(
+    loaded: &isquant::LoadedModel,
+    input: &Path,
+    output: &Path,
+    external_data: bool,
+) -> isquant::Result<String> {
+    let external = if external_data {
+        ExternalData::Always
+    } else {
+        ExternalData::Auto
+    };
+    let inputs = input_files(input, &loaded.info);
+    let inputs: Vec<&Path> = inputs.iter().map(PathBuf::as_path).collect();
+    let written = io::write_model(&loaded.model.to_proto(), output, external, &inputs)?;
+    let mut line = format!("{} ({} bytes", output.display(), written.model_bytes);
+    if let Some((data, n)) = &written.external {
+        line.push_str(&format!(", weights in {} ({n} bytes)", data.display()));
+    }
+    line.push(')');
+    Ok(line)
 }
 
 /// The model file and the external data files it was read from: outputs may overwrite none.
