@@ -10,12 +10,14 @@
 //! # Ok::<(), isquant::Error>(())
 //! ```
 
+pub mod data;
 pub mod error;
 pub mod graph;
 pub mod inspect;
 pub mod onnx;
 pub mod passes;
 pub mod squant;
+pub mod stats;
 pub mod validate;
 
 pub use error::{Error, Result};

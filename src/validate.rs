@@ -119,3 +119,88 @@ pub fn seeded_uniform(shape: &[usize], seed: u64, lo: f32, hi: f32) -> ArrayD<f3
         .collect();
     ArrayD::from_shape_vec(IxDyn(shape), v).unwrap_or_else(|_| ArrayD::zeros(IxDyn(shape)))
 }
+
+/// How closely a quantized model follows its float original on the same inputs.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Agreement {
+    /// Number of rows compared (samples × batch).
+    pub rows: usize,
+    /// Fraction of rows whose top-1 class is the same (first output, last axis).
+    pub top1_agreement: f64,
+    /// Signal-to-quantization-noise ratio of the first output, in dB.
+    pub sqnr_db: f64,
+    /// Cosine similarity of the first output.
+    pub cosine: f64,
+    /// Largest absolute difference.
+    pub max_abs_error: f64,
+}
+
+/// Runs both models on every batch and compares their first outputs.
+///
+/// # Errors
+/// tract fails on either model.
+pub fn compare(
+    reference: &TractModel,
+    candidate: &TractModel,
+    batches: &[Vec<ArrayD<f32>>],
+) -> Result<Agreement> {
+    let (mut signal, mut noise, mut dot, mut na, mut nb, mut max_abs) =
+        (0f64, 0f64, 0f64, 0f64, 0f64, 0f64);
+    let (mut rows, mut agree) = (0usize, 0usize);
+    for batch in batches {
+        let a = reference.run(batch)?;
+        let b = candidate.run(batch)?;
+        let (Some(a), Some(b)) = (a.first(), b.first()) else {
+            continue;
+        };
+        for (&x, &y) in a.iter().zip(b.iter()) {
+            let (x, y) = (f64::from(x), f64::from(y));
+            signal += x * x;
+            noise += (x - y) * (x - y);
+            dot += x * y;
+            na += x * x;
+            nb += y * y;
+            max_abs = max_abs.max((x - y).abs());
+        }
+        let classes = a.shape().last().copied().unwrap_or(1).max(1);
+        let argmax = |v: &[f32]| {
+            v.iter()
+                .enumerate()
+                .fold((0usize, f32::NEG_INFINITY), |best, (i, &x)| {
+                    if x > best.1 {
+                        (i, x)
+                    } else {
+                        best
+                    }
+                })
+                .0
+        };
+        let av: Vec<f32> = a.iter().copied().collect();
+        let bv: Vec<f32> = b.iter().copied().collect();
+        for (ra, rb) in av.chunks(classes).zip(bv.chunks(classes)) {
+            rows += 1;
+            if argmax(ra) == argmax(rb) {
+                agree += 1;
+            }
+        }
+    }
+    Ok(Agreement {
+        rows,
+        top1_agreement: if rows == 0 {
+            0.0
+        } else {
+            agree as f64 / rows as f64
+        },
+        sqnr_db: if noise == 0.0 {
+            f64::INFINITY
+        } else {
+            10.0 * (signal / noise).log10()
+        },
+        cosine: if na == 0.0 || nb == 0.0 {
+            0.0
+        } else {
+            dot / (na.sqrt() * nb.sqrt())
+        },
+        max_abs_error: max_abs,
+    })
+}

@@ -365,7 +365,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.{}.isquant-tmp", std::process::id()));
     let result = (|| {
-        let mut f = fs::File::create(&tmp).map_err(|e| Error::io("create", &tmp, e))?;
+        let mut f = fs::File::create(&tmp).map_err(|e| Error::io("write", path, e))?;
         f.write_all(bytes)
             .map_err(|e| Error::io("write", &tmp, e))?;
         f.sync_all().map_err(|e| Error::io("sync", &tmp, e))?;

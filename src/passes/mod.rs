@@ -5,8 +5,12 @@
 //! model is an [`crate::Error`]; a valid model outside a pass's pattern is a skip with a reason
 //! the CLI prints ("why didn't it fold?").
 
+pub mod emit;
 pub mod fold_bn;
+pub mod quantize;
+pub mod ranges;
 pub mod targets;
+pub mod weights;
 
 use serde::Serialize;
 

@@ -1,0 +1,208 @@
+//! User-supplied input tensors (`.npy`) for calibration and validation.
+//!
+//! NumPy's `.npy` format v1–v3: magic `\x93NUMPY`, version, header length, a Python-dict
+//! header (`descr`, `fortran_order`, `shape`), then the raw array. Accepted: little-endian
+//! `<f4` (float32), `<f8` (converted), `|u1` (converted, no scaling), C order.
+
+use std::path::{Path, PathBuf};
+
+use ndarray::{ArrayD, IxDyn};
+
+use crate::error::{Error, Result};
+
+fn bad(path: &Path, reason: impl Into<String>) -> Error {
+    Error::Model {
+        path: path.into(),
+        reason: reason.into(),
+    }
+}
+
+/// Reads one `.npy` file as f32.
+///
+/// # Errors
+/// Not an `.npy` file, an unsupported dtype, Fortran order, or a length that disagrees with
+/// the header's shape.
+pub fn read_npy(path: &Path) -> Result<ArrayD<f32>> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io("read", path, e))?;
+    if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
+        return Err(bad(path, "not a .npy file (missing \\x93NUMPY magic)"));
+    }
+    let (header_len, start): (usize, usize) = match bytes[6] {
+        1 => (usize::from(u16::from_le_bytes([bytes[8], bytes[9]])), 10),
+        2 | 3 if bytes.len() >= 12 => (
+            u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
+            12,
+        ),
+        v => return Err(bad(path, format!(".npy version {v} is not supported"))),
+    };
+    let end = start
+        .checked_add(header_len)
+        .filter(|&e| e <= bytes.len())
+        .ok_or_else(|| bad(path, ".npy header is truncated"))?;
+    let header = String::from_utf8_lossy(&bytes[start..end]).into_owned();
+    let field = |key: &str| -> Option<String> {
+        let at = header.find(&format!("'{key}'"))?;
+        let rest = &header[at + key.len() + 2..];
+        let colon = rest.find(':')?;
+        Some(rest[colon + 1..].trim_start().to_string())
+    };
+    let descr = field("descr").ok_or_else(|| bad(path, ".npy header has no descr"))?;
+    let descr = descr
+        .trim_start_matches(['\'', '"'])
+        .split(['\'', '"'])
+        .next()
+        .unwrap_or("")
+        .to_string();
+    if field("fortran_order").is_some_and(|f| f.starts_with("True")) {
+        return Err(bad(path, "Fortran-ordered .npy arrays are not supported"));
+    }
+    let shape_txt = field("shape").ok_or_else(|| bad(path, ".npy header has no shape"))?;
+    let inner = shape_txt
+        .trim_start_matches('(')
+        .split(')')
+        .next()
+        .unwrap_or("");
+    let shape: Vec<usize> = inner
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse::<usize>())
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|_| bad(path, format!("cannot read .npy shape {shape_txt:?}")))?;
+    let count: usize = shape.iter().product();
+    let data = &bytes[end..];
+    let values: Vec<f32> = match descr.as_str() {
+        "<f4" | "=f4" => {
+            check(path, data.len(), count * 4)?;
+            data.chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect()
+        }
+        "<f8" | "=f8" => {
+            check(path, data.len(), count * 8)?;
+            data.chunks_exact(8)
+                .map(|c| {
+                    let mut a = [0u8; 8];
+                    a.copy_from_slice(c);
+                    f64::from_le_bytes(a) as f32
+                })
+                .collect()
+        }
+        "|u1" => {
+            check(path, data.len(), count)?;
+            data.iter().map(|&b| f32::from(b)).collect()
+        }
+        other => {
+            return Err(bad(
+                path,
+                format!(".npy dtype {other} is not supported (use float32)"),
+            ))
+        }
+    };
+    ArrayD::from_shape_vec(IxDyn(&shape), values).map_err(|e| bad(path, e.to_string()))
+}
+
+fn check(path: &Path, got: usize, want: usize) -> Result<()> {
+    if got < want {
+        Err(bad(
+            path,
+            format!(".npy data has {got} bytes, the shape needs {want}"),
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+/// The `.npy` files of a directory, sorted by name.
+///
+/// # Errors
+/// The directory cannot be read or holds no `.npy` file.
+pub fn npy_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| Error::io("read directory", dir, e))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "npy"))
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        return Err(Error::Config(format!(
+            "{} holds no .npy files (calibration inputs are float32 .npy arrays shaped like the model input)",
+            dir.display()
+        )));
+    }
+    Ok(files)
+}
+
+/// Loads calibration batches: each file is a batch shaped like the model input, or one
+/// sample without the batch dimension (a batch dimension of 1 is added).
+///
+/// # Errors
+/// As [`read_npy`], plus ranks that do not fit `input_rank`.
+pub fn load_batches(dir: &Path, input_rank: usize) -> Result<Vec<Vec<ArrayD<f32>>>> {
+    npy_files(dir)?
+        .into_iter()
+        .map(|p| {
+            let a = read_npy(&p)?;
+            let a = if a.ndim() + 1 == input_rank {
+                a.insert_axis(ndarray::Axis(0))
+            } else if a.ndim() == input_rank {
+                a
+            } else {
+                return Err(bad(
+                    &p,
+                    format!(
+                        "array of shape {:?} does not fit a model input of rank {input_rank}",
+                        a.shape()
+                    ),
+                ));
+            };
+            Ok(vec![a])
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn npy(descr: &str, shape: &str, data: &[u8]) -> Vec<u8> {
+        let mut header =
+            format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
+        while (10 + header.len() + 1) % 64 != 0 {
+            header.push(' ');
+        }
+        header.push('\n');
+        let mut out = b"\x93NUMPY\x01\x00".to_vec();
+        out.extend((header.len() as u16).to_le_bytes());
+        out.extend(header.as_bytes());
+        out.extend(data);
+        out
+    }
+
+    #[test]
+    fn reads_float32_and_rejects_garbage() {
+        let dir = std::env::temp_dir().join(format!("isquant-npy-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("a.npy");
+        let data: Vec<u8> = [1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        std::fs::write(&p, npy("<f4", "(2, 3)", &data)).unwrap();
+        let a = read_npy(&p).unwrap();
+        assert_eq!(a.shape(), &[2, 3]);
+        assert_eq!(a[[1, 2]], 6.0);
+        std::fs::write(&p, npy("<i8", "(1,)", &[0; 8])).unwrap();
+        assert!(read_npy(&p).unwrap_err().to_string().contains("dtype <i8"));
+        std::fs::write(&p, npy("<f4", "(4,)", &[0; 8])).unwrap();
+        assert!(read_npy(&p).unwrap_err().to_string().contains("needs 16"));
+        std::fs::write(&p, b"hello").unwrap();
+        assert!(read_npy(&p).unwrap_err().to_string().contains("not a .npy"));
+        let batches = {
+            std::fs::write(&p, npy("<f4", "(2, 3)", &data)).unwrap();
+            load_batches(&dir, 3).unwrap()
+        };
+        assert_eq!(batches[0][0].shape(), &[1, 2, 3]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,692 @@
+//! The ISQuant pipeline: fold BN → per-tensor symmetric SQuant weights → data-free
+//! activation scales → integer emission.
+//!
+//! Order (`algorithm.md` §4.4): [`fold_bn`](super::fold_bn) (records per-channel BN
+//! statistics), [`targets`](super::targets) (which layers, minus `--skip`,
+//! `--keep-first-float`, `--keep-last-float`), [`weights`](super::weights) (scale
+//! `max|W|/qmax`, SQuant rounding), [`ranges`](super::ranges) (one range per activation
+//! tensor, from BN statistics, SQuant's noise rule, user data or `--input-range`),
+//! [`emit`](super::emit) (QuantizeLinear + ConvInteger/MatMulInteger + rescale).
+//!
+//! Activation scales: `s_x = hi / (2^b − 1)` for non-negative tensors (uint8),
+//! `s_x = max(|lo|, |hi|) / (2^(b−1) − 1)` otherwise (int8); zero-point 0.
+//!
+//! The model input has no statistics: without `--input-range`, a layer reading it keeps a
+//! float input and int8 weights (as SQuant leaves its first layer's input float).
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::Instant;
+
+use ndarray::ArrayD;
+use serde::Serialize;
+
+use super::emit::{self, ActQuant, LayerPlan};
+use super::fold_bn::{self, Folded};
+use super::ranges::{self, Dist, Observed, RangeRule};
+use super::targets::{self, Target};
+use super::weights::{self, Layout};
+use super::Skip;
+use crate::error::{Error, Result};
+use crate::graph::Model;
+use crate::onnx::pb;
+use crate::squant::Rounding;
+
+/// Where activation ranges come from (`--act-ranges`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ActRanges {
+    /// BN statistics where they reach a tensor, SQuant's noise rule elsewhere.
+    #[default]
+    Auto,
+    /// BN statistics only (tensors they do not reach keep a float input).
+    Bn,
+    /// SQuant's noise rule everywhere.
+    Noise,
+    /// The user's calibration inputs.
+    Calibrate,
+}
+
+/// How calibration data sets a range.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CalibrationMethod {
+    /// `max|x|`.
+    MinMax,
+    /// The given percentile of `|x|`.
+    Percentile(f64),
+}
+
+/// Options of `isquant quantize`.
+#[derive(Debug, Clone, Serialize)]
+pub struct QuantizeConfig {
+    /// Weight bits, 2..=8.
+    pub weight_bits: u32,
+    /// Activation bits, 2..=8.
+    pub act_bits: u32,
+    /// Weight rounding.
+    #[serde(skip)]
+    pub rounding: Rounding,
+    /// Range source.
+    pub act_ranges: ActRanges,
+    /// `N` of the BN rule.
+    pub bn_sigmas: f64,
+    /// Range of the model input, if known.
+    pub input_range: Option<(f32, f32)>,
+    /// Node names or glob patterns (`*`, `?`) to keep float.
+    pub skip: Vec<String>,
+    /// Keep the first quantizable layer float.
+    pub keep_first_float: bool,
+    /// Keep the last quantizable layer float.
+    pub keep_last_float: bool,
+    /// Images in the noise batch.
+    pub noise_batch: usize,
+    /// Seed of the noise batch.
+    pub noise_seed: u64,
+    /// Input shape for the noise pass when the model leaves dimensions open.
+    pub input_shape: Option<Vec<usize>>,
+    /// How calibration data sets ranges.
+    pub calibration_method: CalibrationMethod,
+}
+
+impl Default for QuantizeConfig {
+    fn default() -> Self {
+        QuantizeConfig {
+            weight_bits: 8,
+            act_bits: 8,
+            rounding: Rounding::Squant,
+            act_ranges: ActRanges::Auto,
+            bn_sigmas: 6.0,
+            input_range: None,
+            skip: Vec::new(),
+            keep_first_float: false,
+            keep_last_float: false,
+            noise_batch: 32,
+            noise_seed: 0,
+            input_shape: None,
+            calibration_method: CalibrationMethod::MinMax,
+        }
+    }
+}
+
+/// The rounding mode's CLI name.
+pub fn rounding_name(r: Rounding) -> &'static str {
+    match r {
+        Rounding::Nearest => "nearest",
+        Rounding::SquantE => "squant-e",
+        Rounding::SquantK => "squant-k",
+        Rounding::SquantC => "squant-c",
+        Rounding::Squant => "squant",
+    }
+}
+
+/// Activation quantization of one layer, for the report.
+#[derive(Debug, Clone, Serialize)]
+pub struct ActivationReport {
+    /// The quantized value.
+    pub value: String,
+    /// `uint8` or `int8`.
+    pub dtype: &'static str,
+    /// Scale.
+    pub scale: f32,
+    /// Range the scale covers.
+    pub range: (f64, f64),
+    /// Which rule set it.
+    pub rule: RangeRule,
+    /// For noise/calibration: the observed min and max.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub observed: Option<(f64, f64)>,
+    /// For noise/calibration: fraction of observed values beyond the range (clipped).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub clipped_fraction: Option<f64>,
+}
+
+/// One layer in the report.
+#[derive(Debug, Clone, Serialize)]
+pub struct LayerReport {
+    /// Node name.
+    pub node: String,
+    /// Op type.
+    pub op_type: String,
+    /// `integer` (ConvInteger/MatMulInteger) or `weight-only` (DequantizeLinear + float op).
+    pub mode: &'static str,
+    /// Why weight-only, if so.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub float_input_reason: Option<String>,
+    /// Weight value name.
+    pub weight: String,
+    /// Weight shape.
+    pub weight_shape: Vec<usize>,
+    /// Weight scale.
+    pub weight_scale: f32,
+    /// Kernel-stage flips.
+    pub kernel_flips: u64,
+    /// Channel-stage flips (including undos).
+    pub channel_flips: u64,
+    /// Elements that differ from round-to-nearest.
+    pub changed_vs_nearest: u64,
+    /// Activation input quantization.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub activation: Option<ActivationReport>,
+}
+
+/// What `quantize` did.
+#[derive(Debug, Clone, Serialize)]
+pub struct QuantizeReport {
+    /// isquant version.
+    pub version: &'static str,
+    /// The options used.
+    pub config: QuantizeConfig,
+    /// Rounding name.
+    pub rounding: &'static str,
+    /// BNs folded.
+    pub bn_folded: Vec<Folded>,
+    /// BNs kept.
+    pub bn_kept: Vec<Skip>,
+    /// Quantized layers.
+    pub layers: Vec<LayerReport>,
+    /// Layers left float, with reasons.
+    pub skipped: Vec<Skip>,
+    /// Stage → milliseconds.
+    pub timings_ms: Vec<(String, f64)>,
+}
+
+impl QuantizeReport {
+    /// Number of layers computed in integers.
+    pub fn integer_layers(&self) -> usize {
+        self.layers.iter().filter(|l| l.mode == "integer").count()
+    }
+}
+
+/// Minimal glob: `*` any run, `?` one character.
+pub fn glob_match(pattern: &str, text: &str) -> bool {
+    let p: Vec<char> = pattern.chars().collect();
+    let t: Vec<char> = text.chars().collect();
+    let (mut pi, mut ti) = (0usize, 0usize);
+    let (mut star, mut mark) = (None, 0usize);
+    while ti < t.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
+            pi += 1;
+            ti += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some(pi);
+            mark = ti;
+            pi += 1;
+        } else if let Some(s) = star {
+            pi = s + 1;
+            mark += 1;
+            ti = mark;
+        } else {
+            return false;
+        }
+    }
+    while pi < p.len() && p[pi] == '*' {
+        pi += 1;
+    }
+    pi == p.len()
+}
+
+fn layout_of(model: &Model, t: &Target) -> Result<Layout> {
+    let node = &model.graph.nodes[t.node];
+    Ok(match t.op_type.as_str() {
+        "Conv" => Layout::Conv,
+        "ConvTranspose" => Layout::ConvTranspose {
+            group: node.attr_int("group")?.unwrap_or(1).max(1) as usize,
+        },
+        "Gemm" if node.attr_int("transB")?.unwrap_or(0) != 0 => Layout::RowsAreOutputs,
+        _ => Layout::ColumnsAreOutputs,
+    })
+}
+
+/// Inputs for a forward pass: `batch` images of the model's input shape, where the batch
+/// dimension is symbolic; else `batch` runs of the fixed shape. Values from `fill`.
+///
+/// # Errors
+/// Several inputs, or dimensions other than the batch left open without `input_shape`.
+pub fn forward_batches(
+    model: &Model,
+    input_shape: Option<&[usize]>,
+    batch: usize,
+    chunk: usize,
+    mut fill: impl FnMut(&[usize], usize) -> ArrayD<f32>,
+) -> Result<Vec<Vec<ArrayD<f32>>>> {
+    use pb::tensor_shape_proto::dimension::Value as Dim;
+    use pb::type_proto::Value;
+    let inputs = model.graph.real_inputs();
+    let [input] = inputs.as_slice() else {
+        return Err(Error::Config(format!(
+            "the forward pass supports models with one input; this one has {}",
+            inputs.len()
+        )));
+    };
+    let name = input.name.clone().unwrap_or_default();
+    let dims: Vec<Option<usize>> = match input.r#type.as_ref().and_then(|t| t.value.as_ref()) {
+        Some(Value::TensorType(tt)) => tt
+            .shape
+            .as_ref()
+            .map(|s| {
+                s.dim
+                    .iter()
+                    .map(|d| match d.value {
+                        Some(Dim::DimValue(v)) if v > 0 => Some(v as usize),
+                        _ => None,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
+        _ => Vec::new(),
+    };
+    let shape: Vec<Option<usize>> = match input_shape {
+        Some(s) => s.iter().map(|&d| Some(d)).collect(),
+        None => dims,
+    };
+    if shape.is_empty() || shape.iter().skip(1).any(Option::is_none) {
+        let shown: Vec<String> = shape
+            .iter()
+            .map(|d| d.map_or("?".to_string(), |v| v.to_string()))
+            .collect();
+        return Err(Error::Config(format!(
+            "input `{name}` has shape [{}]: give the shape for the forward pass with --input-shape (e.g. 1,3,224,224)",
+            shown.join(", ")
+        )));
+    }
+    let fixed_batch = shape[0];
+    let rest: Vec<usize> = shape.iter().skip(1).map(|d| d.unwrap_or(1)).collect();
+    let mut out = Vec::new();
+    let mut done = 0usize;
+    let mut k = 0usize;
+    while done < batch {
+        let n = match fixed_batch {
+            Some(b) => b,
+            None => chunk.min(batch - done).max(1),
+        };
+        let mut s = vec![n];
+        s.extend(&rest);
+        out.push(vec![fill(&s, k)]);
+        done += n;
+        k += 1;
+    }
+    Ok(out)
+}
+
+/// Quantizes `model` in place and reports what was done.
+///
+/// `calibration`: the user's input batches, required when `act_ranges` is `Calibrate`.
+/// `progress` is told the name of each stage as it starts.
+///
+/// # Errors
+/// Invalid options, a model with no quantizable layer, malformed layers, non-finite
+/// weights, or a failing forward pass.
+pub fn quantize(
+    model: &mut Model,
+    cfg: &QuantizeConfig,
+    calibration: Option<&[Vec<ArrayD<f32>>]>,
+    progress: &mut dyn FnMut(&str),
+) -> Result<QuantizeReport> {
+    for (what, bits) in [
+        ("--weight-bits", cfg.weight_bits),
+        ("--act-bits", cfg.act_bits),
+    ] {
+        if !(2..=8).contains(&bits) {
+            return Err(Error::Config(format!(
+                "{what} must be between 2 and 8, got {bits}"
+            )));
+        }
+    }
+    if !(cfg.bn_sigmas > 0.0 && cfg.bn_sigmas.is_finite()) {
+        return Err(Error::Config(format!(
+            "--bn-sigmas must be positive, got {}",
+            cfg.bn_sigmas
+        )));
+    }
+    if let Some((lo, hi)) = cfg.input_range {
+        if !(lo < hi) || !lo.is_finite() || !hi.is_finite() {
+            return Err(Error::Config(format!(
+                "--input-range {lo}:{hi} is empty or not finite"
+            )));
+        }
+    }
+    if cfg.act_ranges == ActRanges::Calibrate && calibration.is_none_or(<[_]>::is_empty) {
+        return Err(Error::Config(
+            "--act-ranges calibrate needs --calibrate DIR with inputs".into(),
+        ));
+    }
+    let mut timings = Vec::new();
+    let stage = |name: &str, t: Instant, timings: &mut Vec<(String, f64)>| {
+        timings.push((name.to_string(), t.elapsed().as_secs_f64() * 1e3));
+    };
+
+    // 1. Fold BN.
+    progress("fold-bn");
+    let t = Instant::now();
+    model.graph.sort_topologically()?;
+    let fold = fold_bn::fold_batch_norms(model)?;
+    model.graph.sort_topologically()?;
+    stage("fold-bn", t, &mut timings);
+
+    // 2. Targets.
+    let (all_targets, mut skipped) = targets::find_targets(&model.graph)?;
+    let first = all_targets.first().map(|t| t.node);
+    let last = all_targets.last().map(|t| t.node);
+    let mut chosen = Vec::new();
+    for t in all_targets {
+        let node = &model.graph.nodes[t.node];
+        let pattern = cfg.skip.iter().find(|p| {
+            glob_match(p, &node.name) || glob_match(p, &t.name) || glob_match(p, &t.weight)
+        });
+        let reason = if let Some(p) = pattern {
+            Some(format!("--skip {p}"))
+        } else if cfg.keep_first_float && Some(t.node) == first {
+            Some("--keep-first-float".to_string())
+        } else if cfg.keep_last_float && Some(t.node) == last {
+            Some("--keep-last-float".to_string())
+        } else {
+            None
+        };
+        match reason {
+            Some(reason) => skipped.push(Skip {
+                node: t.name.clone(),
+                op_type: t.op_type.clone(),
+                reason,
+            }),
+            None => chosen.push(t),
+        }
+    }
+    if chosen.is_empty() {
+        let why: Vec<String> = skipped
+            .iter()
+            .map(|s| format!("{} ({}): {}", s.node, s.op_type, s.reason))
+            .collect();
+        return Err(Error::Config(format!(
+            "nothing to quantize: the model has no Conv/ConvTranspose/Gemm/MatMul with constant float weights{}",
+            if why.is_empty() {
+                String::new()
+            } else {
+                format!(" left to quantize ({})", why.join("; "))
+            }
+        )));
+    }
+
+    // 3. Weights.
+    progress("squant");
+    let t = Instant::now();
+    let producers = model.graph.producers();
+    let mut quantized = Vec::with_capacity(chosen.len());
+    for target in &chosen {
+        let w = model
+            .graph
+            .constant_f32(&target.weight, &producers)?
+            .ok_or_else(|| Error::tensor(&target.weight, "weight is not a constant"))?;
+        let layout = layout_of(model, target)?;
+        quantized.push(weights::quantize_weight(
+            &target.weight,
+            &w,
+            layout,
+            cfg.weight_bits,
+            cfg.rounding,
+        )?);
+    }
+    drop(producers);
+    stage("squant", t, &mut timings);
+
+    // 4. Activation ranges.
+    progress("ranges");
+    let t = Instant::now();
+    let graph_inputs: HashSet<String> = model
+        .graph
+        .real_inputs()
+        .iter()
+        .filter_map(|i| i.name.clone())
+        .collect();
+    let nonneg = ranges::nonnegative_values(&model.graph)?;
+    let bn = match cfg.act_ranges {
+        ActRanges::Auto | ActRanges::Bn => {
+            ranges::bn_ranges(&model.graph, &fold.stats, cfg.bn_sigmas)?
+        }
+        _ => BTreeMap::new(),
+    };
+    enum Source {
+        Dist(Dist),
+        Input(f64, f64),
+        Observe,
+        Float(String),
+    }
+    let mut sources: Vec<Source> = Vec::with_capacity(chosen.len());
+    for target in &chosen {
+        let node = &model.graph.nodes[target.node];
+        let x = node.input(0).unwrap_or("").to_string();
+        let integer_op = node.is("Conv") || node.is("Gemm") || node.is("MatMul");
+        let transposed_a = node.is("Gemm") && node.attr_int("transA")?.unwrap_or(0) != 0;
+        let src = if !integer_op {
+            Source::Float(format!(
+                "{} has no integer op in ONNX: int8 weights, float compute",
+                node.op_type
+            ))
+        } else if transposed_a {
+            Source::Float("Gemm with transA=1: int8 weights, float compute".into())
+        } else if graph_inputs.contains(&x) {
+            match cfg.input_range {
+                Some((lo, hi)) => Source::Input(f64::from(lo), f64::from(hi)),
+                None => Source::Float(format!(
+                    "reads the model input `{x}`, whose range is unknown: pass --input-range LO:HI or --preset imagenet to make it integer too"
+                )),
+            }
+        } else {
+            match cfg.act_ranges {
+                ActRanges::Auto => bn.get(&x).cloned().map_or(Source::Observe, Source::Dist),
+                ActRanges::Bn => bn.get(&x).cloned().map_or_else(
+                    || {
+                        Source::Float(format!(
+                            "no BN statistics reach `{x}` (use --act-ranges auto or noise)"
+                        ))
+                    },
+                    Source::Dist,
+                ),
+                ActRanges::Noise | ActRanges::Calibrate => Source::Observe,
+            }
+        };
+        sources.push(src);
+    }
+    let mut observe_values: Vec<String> = chosen
+        .iter()
+        .zip(&sources)
+        .filter(|(_, s)| matches!(s, Source::Observe))
+        .map(|(t, _)| model.graph.nodes[t.node].input(0).unwrap_or("").to_string())
+        .collect();
+    observe_values.sort();
+    observe_values.dedup();
+    let observed: BTreeMap<String, Observed> = if observe_values.is_empty() {
+        BTreeMap::new()
+    } else {
+        let batches: Vec<Vec<ArrayD<f32>>> = match cfg.act_ranges {
+            ActRanges::Calibrate => calibration.map(<[_]>::to_vec).unwrap_or_default(),
+            _ => {
+                progress("noise forward pass");
+                let seed = cfg.noise_seed;
+                forward_batches(
+                    model,
+                    cfg.input_shape.as_deref(),
+                    cfg.noise_batch,
+                    8,
+                    |s, k| {
+                        crate::validate::seeded_uniform(s, seed.wrapping_add(k as u64), 0.0, 1.0)
+                    },
+                )?
+            }
+        };
+        ranges::observe(model, &observe_values, &batches, 97, |_, _| {})?
+    };
+    stage("ranges", t, &mut timings);
+
+    // 5. Plans.
+    let qmax_u = f64::from((1u32 << cfg.act_bits) - 1);
+    let qmax_s = f64::from((1u32 << (cfg.act_bits - 1)) - 1);
+    let mut plans = Vec::new();
+    let mut layers = Vec::new();
+    for ((target, qw), src) in chosen.iter().zip(quantized).zip(sources) {
+        let node = &model.graph.nodes[target.node];
+        let x = node.input(0).unwrap_or("").to_string();
+        let unsigned = nonneg.contains(&x);
+        let (range, rule, obs, float_reason) = match src {
+            Source::Dist(d) => ((d.lo, d.hi), Some(d.rule), None, None),
+            Source::Input(lo, hi) => ((lo, hi), Some(RangeRule::InputRange), None, None),
+            Source::Float(why) => ((0.0, 0.0), None, None, Some(why)),
+            Source::Observe => match observed.get(&x) {
+                Some(o) => {
+                    let alpha = match (cfg.act_ranges, cfg.calibration_method) {
+                        (ActRanges::Calibrate, CalibrationMethod::MinMax) => o.max_abs(),
+                        (ActRanges::Calibrate, CalibrationMethod::Percentile(p)) => o.percentile(p),
+                        _ => o.sigma_rule(cfg.act_bits).0,
+                    };
+                    let rule = if cfg.act_ranges == ActRanges::Calibrate {
+                        RangeRule::Calibrate
+                    } else {
+                        RangeRule::Noise
+                    };
+                    ((-alpha, alpha), Some(rule), Some(o.clone()), None)
+                }
+                None => (
+                    (0.0, 0.0),
+                    None,
+                    None,
+                    Some(format!("no statistics were observed for `{x}`")),
+                ),
+            },
+        };
+        let (scale, lo_q, hi_q) = if unsigned {
+            let hi = range.1.max(0.0);
+            let s = hi / qmax_u;
+            (s, 0.0, hi)
+        } else {
+            let m = range.0.abs().max(range.1.abs());
+            (m / qmax_s, -m, m)
+        };
+        let usable = scale > 0.0 && scale.is_finite() && (scale as f32) > 0.0;
+        let float_reason = match (float_reason, usable) {
+            (Some(r), _) => Some(r),
+            (None, false) => Some(format!("activation range of `{x}` is empty ({:?})", range)),
+            (None, true) => None,
+        };
+        let act = if float_reason.is_none() {
+            Some(ActQuant {
+                value: x.clone(),
+                scale: scale as f32,
+                unsigned,
+                clip: (cfg.act_bits < 8).then_some((lo_q as f32, hi_q as f32)),
+            })
+        } else {
+            None
+        };
+        let activation = match (&act, rule) {
+            (Some(a), Some(rule)) => Some(ActivationReport {
+                value: x.clone(),
+                dtype: if a.unsigned { "uint8" } else { "int8" },
+                scale: a.scale,
+                range: (lo_q, hi_q),
+                rule,
+                observed: obs.as_ref().map(|o| (o.min, o.max)),
+                clipped_fraction: obs.as_ref().map(|o| o.fraction_above(hi_q)),
+            }),
+            _ => None,
+        };
+        layers.push(LayerReport {
+            node: target.name.clone(),
+            op_type: target.op_type.clone(),
+            mode: if act.is_some() {
+                "integer"
+            } else {
+                "weight-only"
+            },
+            float_input_reason: float_reason,
+            weight: target.weight.clone(),
+            weight_shape: target.weight_shape.clone(),
+            weight_scale: qw.scale,
+            kernel_flips: qw.flips.kernel_flips,
+            channel_flips: qw.flips.channel_flips + qw.flips.channel_undos,
+            changed_vs_nearest: qw.flips.changed,
+            activation,
+        });
+        plans.push(LayerPlan {
+            node: target.node,
+            weight: qw,
+            act,
+        });
+    }
+
+    // 6. Emit.
+    progress("emit");
+    let t = Instant::now();
+    emit::emit_conv_integer(model, &plans)?;
+    model.graph.remove_dead_nodes();
+    model.graph.remove_unused_initializers();
+    stage("emit", t, &mut timings);
+
+    let report = QuantizeReport {
+        version: env!("CARGO_PKG_VERSION"),
+        config: cfg.clone(),
+        rounding: rounding_name(cfg.rounding),
+        bn_folded: fold.folded,
+        bn_kept: fold.kept,
+        layers,
+        skipped,
+        timings_ms: timings,
+    };
+    model.set_metadata("isquant.version", env!("CARGO_PKG_VERSION"));
+    model.set_metadata(
+        "isquant.method",
+        "ISQuant: BatchNormalization folded, per-tensor symmetric int8 weights (zero-point 0) rounded with SQuant, data-free activation scales, QuantizeLinear + ConvInteger/MatMulInteger",
+    );
+    model.set_metadata("isquant.config", &config_summary(cfg));
+    Ok(report)
+}
+
+/// One-line summary of the options, stored in `metadata_props`.
+pub fn config_summary(cfg: &QuantizeConfig) -> String {
+    let mut s = format!(
+        "weight-bits={} act-bits={} rounding={} act-ranges={} bn-sigmas={}",
+        cfg.weight_bits,
+        cfg.act_bits,
+        rounding_name(cfg.rounding),
+        match cfg.act_ranges {
+            ActRanges::Auto => "auto",
+            ActRanges::Bn => "bn",
+            ActRanges::Noise => "noise",
+            ActRanges::Calibrate => "calibrate",
+        },
+        cfg.bn_sigmas
+    );
+    if let Some((lo, hi)) = cfg.input_range {
+        s.push_str(&format!(" input-range={lo}:{hi}"));
+    }
+    if matches!(cfg.act_ranges, ActRanges::Auto | ActRanges::Noise) {
+        s.push_str(&format!(
+            " noise-batch={} noise-seed={}",
+            cfg.noise_batch, cfg.noise_seed
+        ));
+    }
+    for p in &cfg.skip {
+        s.push_str(&format!(" skip={p}"));
+    }
+    if cfg.keep_first_float {
+        s.push_str(" keep-first-float");
+    }
+    if cfg.keep_last_float {
+        s.push_str(" keep-last-float");
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::glob_match;
+
+    #[test]
+    fn globs() {
+        assert!(glob_match("/features.0/*", "/features.0/Conv"));
+        assert!(glob_match("*Conv", "/0/Conv"));
+        assert!(glob_match("Conv?", "Conv7"));
+        assert!(!glob_match("Conv?", "Conv"));
+        assert!(glob_match("exact", "exact"));
+        assert!(!glob_match("exact", "exactly"));
+        assert!(glob_match("*", ""));
+    }
+}
