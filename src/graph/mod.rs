@@ -444,10 +444,10 @@ impl Graph {
             if let Some(t) = self.initializer(name) {
                 return Ok(Some((t.clone(), ConstantSource::Initializer)));
             }
-            let Some(&i) = producers.get(name) else {
+            let Some(node) = producers.get(name).and_then(|&i| self.nodes.get(i)) else {
                 return Ok(None);
             };
-            let node = &self.nodes[i];
+            let i = producers.get(name).copied().unwrap_or_default();
             if node.is("Identity") {
                 match node.input(0) {
                     Some(src) => {

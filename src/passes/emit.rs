@@ -74,6 +74,17 @@ pub fn emit_conv_integer(model: &mut Model, plans: &[LayerPlan]) -> Result<()> {
         .map(|(k, v)| (k.to_string(), v))
         .collect();
     let mut names = NameGen::new(graph.taken_names());
+    // Bias constants are read before the node list is taken apart.
+    let mut biases: HashMap<usize, Option<ndarray::ArrayD<f32>>> = HashMap::new();
+    {
+        let prod_ref: HashMap<&str, usize> =
+            producers.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+        for p in plans {
+            if let Some(b) = graph.nodes.get(p.node).and_then(|n| n.input(2)) {
+                biases.insert(p.node, graph.constant_f32(b, &prod_ref)?);
+            }
+        }
+    }
     let by_node: HashMap<usize, &LayerPlan> = plans.iter().map(|p| (p.node, p)).collect();
     let mut shared_q: HashMap<(String, u32, bool), String> = HashMap::new();
     let old_nodes = std::mem::take(&mut graph.nodes);
@@ -219,15 +230,9 @@ pub fn emit_conv_integer(model: &mut Model, plans: &[LayerPlan]) -> Result<()> {
         graph.set_initializer(scalar_f32(&r_name, rescale));
         // 4. Bias.
         let bias_input = node.input(2).map(str::to_string);
-        let bias = match &bias_input {
-            Some(b) => {
-                let prod_ref: HashMap<&str, usize> =
-                    producers.iter().map(|(k, v)| (k.as_str(), *v)).collect();
-                let values = graph.constant_f32(b, &prod_ref)?;
-                Some((b.clone(), values))
-            }
-            None => None,
-        };
+        let bias = bias_input
+            .as_ref()
+            .map(|b| (b.clone(), biases.remove(&i).flatten()));
         let mul_out = if bias.is_some() {
             names.fresh(&out, "_rescaled")
         } else {
