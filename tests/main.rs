@@ -6,6 +6,7 @@ mod common;
 
 mod bad_input;
 mod external;
+mod fold_bn;
 mod fuzz;
 mod graph_edit;
 mod roundtrip;

@@ -635,6 +635,7 @@ pub fn fold_batch_norms(model: &mut Model) -> Result<FoldReport> {
         i += 1;
         keep
     });
+    model.graph.sort_topologically()?;
     model.graph.remove_dead_nodes();
     model.graph.remove_unused_initializers();
     Ok(report)
@@ -789,7 +790,8 @@ fn fold_backward(
                         vec![mm_out, c_new],
                         vec![bn_out],
                     );
-                    graph.insert_nodes(layer + 1, vec![add]);
+                    // Appended (indices of pending removals stay valid); sorted at the end.
+                    graph.nodes.push(add);
                 }
             }
         }

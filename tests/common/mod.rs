@@ -2,6 +2,7 @@
 
 #![allow(dead_code)]
 
+pub mod build;
 pub mod fuzz;
 
 use std::path::{Path, PathBuf};
