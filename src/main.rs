@@ -35,7 +35,7 @@ enum Command {
     /// Quantize a float model to int8 without data: fold BN, per-tensor symmetric SQuant
     /// weights, data-free activation scales, QuantizeLinear + ConvInteger/MatMulInteger.
     #[command(after_help = QUANTIZE_EXAMPLES)]
-    Quantize(QuantizeArgs),
+    Quantize(Box<QuantizeArgs>),
     /// Show what a model holds: versions, inputs/outputs, ops, weights, foldable BNs and the
     /// layers a quantizer would touch.
     #[command(after_help = "Example:\n  isquant inspect fixtures/mnist-cnn.onnx --json")]
@@ -187,7 +187,7 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> isquant::Result<ExitCode> {
     match cli.command {
-        Command::Quantize(args) => quantize(args)?,
+        Command::Quantize(args) => quantize(*args)?,
         Command::Inspect { model, json } => {
             let loaded = isquant::load(&model)?;
             let report = isquant::inspect::inspect(

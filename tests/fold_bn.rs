@@ -59,7 +59,8 @@ fn check_exact(m: pb::ModelProto, x_shape: &[usize], expect_folded: usize) -> Fo
 #[test]
 fn conv_with_and_without_bias_any_group_and_rank() {
     // (input shape, weight shape, group, bias, pads)
-    let cases: &[(&[usize], &[usize], i64, bool, Vec<i64>)] = &[
+    type Case<'a> = (&'a [usize], &'a [usize], i64, bool, Vec<i64>);
+    let cases: &[Case] = &[
         (&[1, 3, 8, 8], &[4, 3, 3, 3], 1, true, vec![1, 1, 1, 1]),
         (&[1, 3, 8, 8], &[4, 3, 3, 3], 1, false, vec![0, 0, 0, 0]),
         (&[1, 4, 8, 8], &[6, 2, 3, 3], 2, true, vec![1, 1, 1, 1]),
@@ -297,7 +298,13 @@ fn every_fixture_with_bn_folds_exactly() {
             continue;
         }
         let (folded, report) = fold(&proto);
-        assert_eq!(bn_count(&folded), 0, "{name}: {:?}", report.kept);
+        let kept_on_purpose = usize::from(name.starts_with("cifar10"));
+        assert_eq!(
+            bn_count(&folded),
+            kept_on_purpose,
+            "{name}: {:?}",
+            report.kept
+        );
         let x = seeded_uniform(shape, 9, *lo, *hi);
         let bytes = folded.encode_to_vec();
         let a = TractModel::load(Source::Path(&fixture(name)), &[shape.to_vec()])
@@ -313,12 +320,17 @@ fn every_fixture_with_bn_folds_exactly() {
         let e = rel_err(&a, &b);
         assert!(e < 1e-4, "{name}: relative error {e}");
         if name.starts_with("cifar10") {
-            // Every BN follows a ReLU: all must be folded forward, none backward.
-            assert_eq!(report.folded.len(), 6);
+            // Every BN follows a ReLU: none may be folded backward. Five fold forward; the
+            // first has a dead channel (running var ≈ 5e-8) whose forward fold would scale
+            // one input channel 185x the median, so it stays float and says why.
+            assert_eq!(report.folded.len(), 5);
             assert!(
                 report.folded.iter().all(|f| f.direction == "forward"),
                 "{report:?}"
             );
+            assert!(report.kept[0]
+                .reason
+                .contains("inflating its per-tensor weight range"));
         }
     }
 }

@@ -9,4 +9,5 @@ mod external;
 mod fold_bn;
 mod fuzz;
 mod graph_edit;
+mod quantize;
 mod roundtrip;

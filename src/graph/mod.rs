@@ -457,6 +457,9 @@ impl Graph {
                     None => return Ok(None),
                 }
             }
+            if node.is("Reshape") {
+                return self.constant_reshape(node, producers);
+            }
             if !node.is("Constant") {
                 return Ok(None);
             }
@@ -464,6 +467,57 @@ impl Graph {
                 .map(|t| Some((t, ConstantSource::ConstantNode(i))));
         }
         Ok(None)
+    }
+
+    /// `Reshape(constant FLOAT data, constant shape)` folded to a constant (Paddle exports
+    /// put biases behind such Reshapes). `None` when either input is not constant.
+    fn constant_reshape(
+        &self,
+        node: &Node,
+        producers: &HashMap<&str, usize>,
+    ) -> Result<Option<(pb::TensorProto, ConstantSource)>> {
+        let (Some(data), Some(shape)) = (node.input(0), node.input(1)) else {
+            return Ok(None);
+        };
+        let (Some((d, src)), Some((s, _))) = (
+            self.constant_with(data, producers)?,
+            self.constant_with(shape, producers)?,
+        ) else {
+            return Ok(None);
+        };
+        let tensor::TensorData::F32(values) = tensor::to_array(&d)? else {
+            return Ok(None);
+        };
+        let Some(target) = tensor::to_array(&s)?.to_i64() else {
+            return Ok(None);
+        };
+        let mut dims: Vec<usize> = Vec::with_capacity(target.len());
+        let mut infer = None;
+        for (k, &t) in target.iter().enumerate() {
+            match t {
+                0 => dims.push(values.shape().get(k).copied().unwrap_or(1)),
+                -1 if infer.is_none() => {
+                    infer = Some(k);
+                    dims.push(1);
+                }
+                t if t > 0 => dims.push(t as usize),
+                _ => return Err(node.error(format!("invalid target shape {target:?}"))),
+            }
+        }
+        if let Some(k) = infer {
+            let known: usize = dims.iter().product();
+            if known == 0 || values.len() % known != 0 {
+                return Err(
+                    node.error(format!("cannot reshape {:?} to {target:?}", values.shape()))
+                );
+            }
+            dims[k] = values.len() / known;
+        }
+        let name = node.outputs.first().cloned().unwrap_or_default();
+        match values.into_shape_with_order(ndarray::IxDyn(&dims)) {
+            Ok(v) => Ok(Some((tensor::from_f32(&name, v), src))),
+            Err(e) => Err(node.error(format!("cannot reshape to {target:?}: {e}"))),
+        }
     }
 
     /// A constant value decoded as f32 (see [`Graph::constant`]).

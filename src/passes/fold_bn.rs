@@ -318,6 +318,9 @@ impl BnParams {
     }
 }
 
+/// Largest ratio of the largest to the median BN scale `|s_i|` a forward fold accepts.
+pub const MAX_FORWARD_SPREAD: f64 = 8.0;
+
 /// Per-channel Gaussian statistics of a value (mean, standard deviation), as recorded from
 /// BatchNormalization nodes for the activation-range and bias-correction passes.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -507,7 +510,10 @@ fn bn_params(graph: &Graph, bn: &Node, producers: &HashMap<&str, usize>) -> Resu
             p.var.len()
         )));
     }
-    if let Some(c) = (0..n).find(|&c| !(p.var[c] + p.epsilon > 0.0) || !p.gamma[c].is_finite()) {
+    if let Some(c) = (0..n).find(|&c| {
+        (p.var[c] + p.epsilon).partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater)
+            || !p.gamma[c].is_finite()
+    }) {
         return Err(bn.error(format!(
             "channel {c}: var + epsilon = {} (must be > 0) or gamma not finite",
             p.var[c] + p.epsilon
@@ -856,6 +862,21 @@ fn fold_forward(
         )));
     };
     let first = next;
+    // A forward fold scales each *input* channel of the next layer's weight by `s_i`. A
+    // near-dead channel (running variance ≈ 0 after the ReLU) has a huge `s_i` and would
+    // dominate the per-tensor weight scale of that layer, so such BNs stay float.
+    let mut sorted: Vec<f64> = s.iter().map(|v| v.abs()).collect();
+    sorted.sort_by(f64::total_cmp);
+    let median = sorted.get(sorted.len() / 2).copied().unwrap_or(1.0);
+    let max = sorted.last().copied().unwrap_or(1.0);
+    if median > 0.0 && max / median > MAX_FORWARD_SPREAD {
+        let c = s.iter().position(|v| v.abs() == max).unwrap_or_default();
+        return Ok(Err(format!(
+            "folding would scale input channel {c} of the next layer by {max:.3e}, {:.0}x the median channel (running var {:.3e}), inflating its per-tensor weight range",
+            max / median,
+            p.var.get(c).copied().unwrap_or_default()
+        )));
+    }
     let mut through_pool = None;
     if graph.nodes[next].is("MaxPool") {
         if s.iter().any(|&v| v <= 0.0) {

@@ -339,7 +339,10 @@ pub fn quantize(
         )));
     }
     if let Some((lo, hi)) = cfg.input_range {
-        if !(lo < hi) || !lo.is_finite() || !hi.is_finite() {
+        if lo.partial_cmp(&hi) != Some(std::cmp::Ordering::Less)
+            || !lo.is_finite()
+            || !hi.is_finite()
+        {
             return Err(Error::Config(format!(
                 "--input-range {lo}:{hi} is empty or not finite"
             )));

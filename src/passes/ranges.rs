@@ -351,6 +351,26 @@ fn propagate(
         "Mul" | "Div" => match (input(0), input(1)) {
             (Some(a), None) => scale(a, constant(1)?, op == "Div"),
             (None, Some(b)) if op == "Mul" => scale(b, constant(0)?, false),
+            (Some(a), Some(b)) if op == "Mul" && (gate(b).is_some() || gate(a).is_some()) => {
+                // x · g with g ∈ [0, G] (squeeze-excite gates, decomposed HardSwish):
+                // |x·g| ≤ G·|x|, so G·x bounds the product.
+                let (x, g) = match (gate(a), gate(b)) {
+                    (Some(ga), Some(gb)) if ga < gb => (b, ga),
+                    (_, Some(gb)) => (a, gb),
+                    (ga, None) => (b, ga.unwrap_or(1.0)),
+                };
+                Dist::interval(x.lo.min(0.0) * g, x.hi.max(0.0) * g).map(|mut d| {
+                    d.moments = x.moments.as_ref().map(|m| {
+                        m.iter()
+                            .map(|c| Moments {
+                                mean: c.mean * g,
+                                var: c.var * g * g,
+                            })
+                            .collect()
+                    });
+                    d
+                })
+            }
             (Some(a), Some(b)) if op == "Mul" => {
                 let c = [a.lo * b.lo, a.lo * b.hi, a.hi * b.lo, a.hi * b.hi];
                 Dist::interval(
@@ -366,6 +386,11 @@ fn propagate(
         },
         _ => None,
     })
+}
+
+/// `Some(G)` for a value known to lie in `[0, G]` (a gate, when multiplied).
+fn gate(d: &Dist) -> Option<f64> {
+    (d.lo >= 0.0 && d.hi.is_finite()).then_some(d.hi)
 }
 
 fn shift(d: &Dist, c: Option<ArrayD<f32>>, sign: f64) -> Option<Dist> {
@@ -391,7 +416,7 @@ fn shift(d: &Dist, c: Option<ArrayD<f32>>, sign: f64) -> Option<Dist> {
 fn scale(d: &Dist, c: Option<ArrayD<f32>>, divide: bool) -> Option<Dist> {
     let mut c = channel_constant(&c?)?;
     if divide {
-        if c.iter().any(|&v| v == 0.0) {
+        if c.contains(&0.0) {
             return None;
         }
         c.iter_mut().for_each(|v| *v = 1.0 / *v);
@@ -639,7 +664,7 @@ impl Observed {
         if bits < 6 {
             alpha = alpha.min(self.max.abs().max(self.min.abs()));
         }
-        if !(alpha > 0.0) || !alpha.is_finite() {
+        if alpha.is_nan() || alpha <= 0.0 || !alpha.is_finite() {
             alpha = self.max.abs().max(self.min.abs());
         }
         (alpha, signed)

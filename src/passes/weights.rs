@@ -63,7 +63,7 @@ fn view_map(shape: &[usize], layout: Layout) -> Result<([usize; 3], Vec<usize>)>
             Ok(([shape[0], shape[1], k], (0..n).collect()))
         }
         Layout::ConvTranspose { group } => {
-            if shape.len() < 3 || group == 0 || shape[0] % group != 0 {
+            if shape.len() < 3 || group == 0 || !shape[0].is_multiple_of(group) {
                 return Err(Error::Config(format!(
                     "ConvTranspose weight of shape {shape:?} with group {group}"
                 )));

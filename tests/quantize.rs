@@ -1,0 +1,397 @@
+//! `isquant quantize`: every layout runs in tract close to float, every fixture quantizes
+//! with default flags, output is deterministic, bad options and weights are clear errors.
+
+use std::path::Path;
+
+use isquant::graph::Model;
+use isquant::onnx::pb;
+use isquant::passes::quantize::{quantize, ActRanges, QuantizeConfig};
+use isquant::squant::Rounding;
+use isquant::validate::{compare, seeded_uniform, Source, TractModel};
+use prost::Message;
+
+use crate::common::build::{f, i, ints, Builder};
+use crate::common::{fixture, isquant, MODELS};
+
+fn quantize_proto(
+    m: &pb::ModelProto,
+    cfg: &QuantizeConfig,
+) -> (pb::ModelProto, isquant::passes::quantize::QuantizeReport) {
+    let mut model = Model::from_proto(m.clone()).unwrap();
+    let report = quantize(&mut model, cfg, None, &mut |_| {}).unwrap();
+    model.graph.check().unwrap();
+    (model.to_proto(), report)
+}
+
+fn ops(m: &pb::ModelProto) -> Vec<String> {
+    m.graph
+        .as_ref()
+        .unwrap()
+        .node
+        .iter()
+        .map(|n| n.op_type().to_string())
+        .collect()
+}
+
+/// SQNR (dB) of the quantized model against the float one in tract on seeded inputs.
+fn sqnr(float: &pb::ModelProto, q: &pb::ModelProto, shape: &[usize], lo: f32, hi: f32) -> f64 {
+    let fb = float.encode_to_vec();
+    let qb = q.encode_to_vec();
+    let f = TractModel::load(Source::Bytes(&fb), &[shape.to_vec()]).unwrap();
+    let qm = TractModel::load(Source::Bytes(&qb), &[shape.to_vec()]).unwrap();
+    let batches: Vec<Vec<_>> = (0..4)
+        .map(|k| vec![seeded_uniform(shape, 40 + k, lo, hi)])
+        .collect();
+    compare(&f, &qm, &batches).unwrap().sqnr_db
+}
+
+/// Relu → layer, so the layer's input is a computed tensor with a range from the noise rule.
+fn layer_model(
+    op: &str,
+    x: &[i64],
+    w: &[usize],
+    attrs: Vec<pb::AttributeProto>,
+    bias: Option<usize>,
+) -> pb::ModelProto {
+    let mut b = Builder::new(13).input("x", x).random("w", w, 1.0, 0.0);
+    let mut ins = vec!["r", "w"];
+    if let Some(n) = bias {
+        b = b.random("b", &[n], 1.0, 0.0);
+        ins.push("b");
+    }
+    b.node("Relu", &["x"], &["r"], vec![])
+        .node(op, &ins, &["y"], attrs)
+        .output("y")
+        .build()
+}
+
+#[test]
+fn every_layout_runs_in_integers_close_to_float() {
+    let noise = QuantizeConfig {
+        act_ranges: ActRanges::Noise,
+        noise_batch: 4,
+        ..QuantizeConfig::default()
+    };
+    // (name, model, input shape, op the layer must become)
+    let cases: Vec<(&str, pb::ModelProto, Vec<usize>, &str)> = vec![
+        (
+            "conv2d",
+            layer_model(
+                "Conv",
+                &[1, 3, 8, 8],
+                &[4, 3, 3, 3],
+                vec![ints("pads", &[1, 1, 1, 1])],
+                Some(4),
+            ),
+            vec![1, 3, 8, 8],
+            "ConvInteger",
+        ),
+        (
+            "conv1d",
+            layer_model("Conv", &[1, 3, 16], &[4, 3, 3], vec![], Some(4)),
+            vec![1, 3, 16],
+            "ConvInteger",
+        ),
+        (
+            "conv3d",
+            layer_model("Conv", &[1, 2, 4, 4, 4], &[3, 2, 2, 2, 2], vec![], None),
+            vec![1, 2, 4, 4, 4],
+            "ConvInteger",
+        ),
+        (
+            "grouped",
+            layer_model(
+                "Conv",
+                &[1, 4, 8, 8],
+                &[6, 2, 3, 3],
+                vec![i("group", 2)],
+                Some(6),
+            ),
+            vec![1, 4, 8, 8],
+            "ConvInteger",
+        ),
+        (
+            "depthwise",
+            layer_model(
+                "Conv",
+                &[1, 4, 8, 8],
+                &[4, 1, 3, 3],
+                vec![i("group", 4), ints("strides", &[2, 2])],
+                Some(4),
+            ),
+            vec![1, 4, 8, 8],
+            "ConvInteger",
+        ),
+        (
+            "gemm-transB",
+            layer_model(
+                "Gemm",
+                &[2, 16],
+                &[8, 16],
+                vec![i("transB", 1), f("alpha", 0.5), f("beta", 2.0)],
+                Some(8),
+            ),
+            vec![2, 16],
+            "MatMulInteger",
+        ),
+        (
+            "gemm",
+            layer_model("Gemm", &[2, 16], &[16, 8], vec![], Some(8)),
+            vec![2, 16],
+            "MatMulInteger",
+        ),
+        (
+            "matmul",
+            layer_model("MatMul", &[2, 16], &[16, 8], vec![], None),
+            vec![2, 16],
+            "MatMulInteger",
+        ),
+        (
+            "conv-transpose",
+            layer_model(
+                "ConvTranspose",
+                &[1, 3, 5, 5],
+                &[3, 4, 3, 3],
+                vec![],
+                Some(4),
+            ),
+            vec![1, 3, 5, 5],
+            "DequantizeLinear",
+        ),
+    ];
+    for (name, m, shape, want) in cases {
+        let (q, report) = quantize_proto(&m, &noise);
+        let o = ops(&q);
+        assert!(o.contains(&want.to_string()), "{name}: {o:?}");
+        if want != "DequantizeLinear" {
+            assert!(o.contains(&"QuantizeLinear".to_string()), "{name}: {o:?}");
+            assert_eq!(report.integer_layers(), 1, "{name}");
+        }
+        let db = sqnr(&m, &q, &shape, -1.0, 1.0);
+        assert!(db > 25.0, "{name}: SQNR {db:.1} dB");
+    }
+}
+
+#[test]
+fn every_fixture_quantizes_with_default_flags_and_runs_in_tract() {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, shape, lo, hi) in MODELS {
+        let out = dir.path().join(format!("q-{name}"));
+        let report = dir.path().join(format!("{name}.json"));
+        let r = isquant(&[
+            "quantize",
+            fixture(name).to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+            "--report",
+            report.to_str().unwrap(),
+        ]);
+        assert_eq!(r.code, 0, "{name}: {}", r.stderr);
+        let rep: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+        // Every Conv/Gemm/MatMul with constant weights is quantized: integer, or int8 weights
+        // with a stated reason for its float input.
+        let inspect = isquant(&["inspect", "--json", fixture(name).to_str().unwrap()]);
+        let ins: serde_json::Value = serde_json::from_str(&inspect.stdout).unwrap();
+        let layers = rep["layers"].as_array().unwrap();
+        assert_eq!(
+            layers.len(),
+            ins["quantizable"].as_array().unwrap().len(),
+            "{name}"
+        );
+        for l in layers {
+            if l["mode"] != "integer" {
+                assert!(l["float_input_reason"].is_string(), "{name}: {l}");
+            }
+        }
+        let integer = layers.iter().filter(|l| l["mode"] == "integer").count();
+        assert!(
+            integer + 1 >= layers.len(),
+            "{name}: only {integer} integer layers"
+        );
+        let q = pb::ModelProto::decode(std::fs::read(&out).unwrap().as_slice()).unwrap();
+        assert!(ops(&q)
+            .iter()
+            .any(|o| o == "ConvInteger" || o == "MatMulInteger"));
+        let db = sqnr(&crate::common::proto(name), &q, shape, *lo, *hi);
+        // Synthetic inputs; real-data accuracy is in docs/results.md.
+        assert!(db > 5.0, "{name}: SQNR {db:.1} dB");
+    }
+}
+
+#[test]
+fn output_is_byte_identical_across_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    for name in ["mnist-cnn.onnx", "fmnist-small-bn.onnx"] {
+        let a = dir.path().join("a.onnx");
+        let b = dir.path().join("b.onnx");
+        for p in [&a, &b] {
+            let r = isquant(&[
+                "quantize",
+                fixture(name).to_str().unwrap(),
+                "-o",
+                p.to_str().unwrap(),
+            ]);
+            assert_eq!(r.code, 0, "{}", r.stderr);
+        }
+        assert!(
+            std::fs::read(&a).unwrap() == std::fs::read(&b).unwrap(),
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn squant_flips_weights_and_records_method_in_metadata() {
+    let m = crate::common::proto("fmnist-small-bn.onnx");
+    let (q, report) = quantize_proto(&m, &QuantizeConfig::default());
+    assert!(
+        report
+            .layers
+            .iter()
+            .map(|l| l.changed_vs_nearest)
+            .sum::<u64>()
+            > 0
+    );
+    let (_, nearest) = quantize_proto(
+        &m,
+        &QuantizeConfig {
+            rounding: Rounding::Nearest,
+            ..QuantizeConfig::default()
+        },
+    );
+    assert_eq!(
+        nearest
+            .layers
+            .iter()
+            .map(|l| l.changed_vs_nearest)
+            .sum::<u64>(),
+        0
+    );
+    let meta: Vec<_> = q
+        .metadata_props
+        .iter()
+        .map(|p| p.key().to_string())
+        .collect();
+    assert!(
+        meta.contains(&"isquant.method".to_string())
+            && meta.contains(&"isquant.config".to_string())
+    );
+    // The opset allows QuantizeLinear/ConvInteger and the IR version is unchanged.
+    assert!(q
+        .opset_import
+        .iter()
+        .any(|o| o.domain().is_empty() && o.version() >= 10));
+    assert_eq!(q.ir_version, m.ir_version);
+}
+
+#[test]
+fn input_range_makes_the_first_layer_integer_and_skip_keeps_layers_float() {
+    let m = crate::common::proto("mnist-cnn.onnx");
+    let (_, r) = quantize_proto(&m, &QuantizeConfig::default());
+    assert_eq!(r.integer_layers(), r.layers.len() - 1);
+    assert!(r.layers[0]
+        .float_input_reason
+        .as_deref()
+        .unwrap()
+        .contains("--input-range"));
+    let (_, r) = quantize_proto(
+        &m,
+        &QuantizeConfig {
+            input_range: Some((-0.43, 2.83)),
+            ..QuantizeConfig::default()
+        },
+    );
+    assert_eq!(r.integer_layers(), r.layers.len());
+    let (_, r) = quantize_proto(
+        &m,
+        &QuantizeConfig {
+            skip: vec!["/classifier/*".into()],
+            keep_first_float: true,
+            ..QuantizeConfig::default()
+        },
+    );
+    assert!(r.skipped.iter().any(|s| s.reason == "--keep-first-float"));
+    assert!(
+        r.skipped.iter().any(|s| s.reason.starts_with("--skip")),
+        "{:?}",
+        r.skipped
+    );
+}
+
+#[test]
+fn bad_options_and_models_are_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("o.onnx");
+    let fx = fixture("mnist-cnn.onnx");
+    let run = |extra: &[&str], model: &Path| {
+        let mut args = vec![
+            "quantize",
+            model.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        isquant(&args)
+    };
+    let r = run(&["--weight-bits", "9"], &fx);
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("--weight-bits"), "{}", r.stderr);
+    let r = run(&["--input-range", "3:1"], &fx);
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("--input-range"), "{}", r.stderr);
+    assert!(!out.exists());
+
+    // No quantizable layer.
+    let m = Builder::new(13)
+        .input("x", &[1, 4])
+        .node("Relu", &["x"], &["y"], vec![])
+        .output("y")
+        .build();
+    let p = crate::common::write_proto(dir.path(), "relu.onnx", &m);
+    let r = run(&[], &p);
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("nothing to quantize"), "{}", r.stderr);
+
+    // Weights that are graph inputs: skipped with a reason (the other layer is quantized).
+    let m = Builder::new(13)
+        .input("x", &[1, 3, 6, 6])
+        .input("w_in", &[4, 3, 3, 3])
+        .random("w2", &[2, 4, 1, 1], 1.0, 0.0)
+        .node("Conv", &["x", "w_in"], &["y"], vec![])
+        .node("Relu", &["y"], &["r"], vec![])
+        .node("Conv", &["r", "w2"], &["z"], vec![])
+        .output("z")
+        .build();
+    let p = crate::common::write_proto(dir.path(), "winput.onnx", &m);
+    let r = run(&["--act-ranges", "bn"], &p);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        r.stdout.contains("weight `w_in` is not a constant"),
+        "{}",
+        r.stdout
+    );
+
+    // NaN weights: an error naming the tensor, and no output left behind.
+    std::fs::remove_file(&out).unwrap();
+    let mut m = crate::common::proto("mnist-cnn.onnx");
+    let g = m.graph.as_mut().unwrap();
+    let t = g
+        .initializer
+        .iter_mut()
+        .find(|t| t.dims.len() == 4)
+        .unwrap();
+    let name = t.name().to_string();
+    let mut raw = t.raw_data.clone().unwrap().to_vec();
+    raw[4..8].copy_from_slice(&f32::NAN.to_le_bytes());
+    t.raw_data = Some(raw.into());
+    let p = crate::common::write_proto(dir.path(), "nan.onnx", &m);
+    let r = run(&[], &p);
+    assert_eq!(r.code, 2);
+    assert!(
+        r.stderr.contains(&format!("tensor `{name}`")) && r.stderr.contains("NaN"),
+        "{}",
+        r.stderr
+    );
+    assert!(!out.exists());
+}
