@@ -358,13 +358,16 @@ pub struct FoldReport {
 
 /// Scales output channel `o` of a Conv weight `[O, I/g, k…]` by `t[o]` (axis 0, any group).
 pub fn scale_conv_weight(w: &ArrayD<f32>, t: &[f64]) -> ArrayD<f32> {
+    use rayon::prelude::*;
     let o = w.shape().first().copied().unwrap_or(0).max(1);
-    let per = w.len() / o;
-    let v: Vec<f32> = w
-        .iter()
-        .enumerate()
-        .map(|(i, &x)| (f64::from(x) * t[(i / per.max(1)).min(t.len() - 1)]) as f32)
-        .collect();
+    let per = (w.len() / o).max(1);
+    let mut v: Vec<f32> = w.iter().copied().collect();
+    v.par_chunks_mut(per).enumerate().for_each(|(c, chunk)| {
+        let s = t[c.min(t.len() - 1)];
+        chunk
+            .iter_mut()
+            .for_each(|x| *x = (f64::from(*x) * s) as f32);
+    });
     ArrayD::from_shape_vec(IxDyn(w.shape()), v).unwrap_or_else(|_| w.clone())
 }
 

@@ -413,22 +413,27 @@ pub fn quantize(
     progress("squant");
     let t = Instant::now();
     let producers = model.graph.producers();
-    let mut quantized = Vec::with_capacity(chosen.len());
+    let mut inputs = Vec::with_capacity(chosen.len());
     for target in &chosen {
         let w = model
             .graph
             .constant_f32(&target.weight, &producers)?
             .ok_or_else(|| Error::tensor(&target.weight, "weight is not a constant"))?;
-        let layout = layout_of(model, target)?;
-        quantized.push(weights::quantize_weight(
-            &target.weight,
-            &w,
-            layout,
-            cfg.weight_bits,
-            cfg.rounding,
-        )?);
+        inputs.push((w, layout_of(model, target)?));
     }
     drop(producers);
+    // Layers in parallel (each result depends only on its own weights, so the output is the
+    // same for any thread count); the kernel also splits large layers over channels.
+    let quantized: Vec<weights::QuantizedWeight> = {
+        use rayon::prelude::*;
+        chosen
+            .par_iter()
+            .zip(inputs.par_iter())
+            .map(|(target, (w, layout))| {
+                weights::quantize_weight(&target.weight, w, *layout, cfg.weight_bits, cfg.rounding)
+            })
+            .collect::<Result<Vec<_>>>()?
+    };
     stage("squant", t, &mut timings);
 
     // 4. Activation ranges.

@@ -51,8 +51,9 @@ pub struct QuantizedWeight {
     pub flips: FlipStats,
 }
 
-/// Maps flat ONNX index → flat `[O, I, K]` index (and gives the view's shape).
-fn view_map(shape: &[usize], layout: Layout) -> Result<([usize; 3], Vec<usize>)> {
+/// Maps flat ONNX index → flat `[O, I, K]` index (`None`: identity) and gives the view's
+/// shape.
+fn view_map(shape: &[usize], layout: Layout) -> Result<([usize; 3], Option<Vec<usize>>)> {
     let n: usize = shape.iter().product();
     match layout {
         Layout::Conv => {
@@ -60,7 +61,7 @@ fn view_map(shape: &[usize], layout: Layout) -> Result<([usize; 3], Vec<usize>)>
                 return Err(Error::Config(format!("conv weight of shape {shape:?}")));
             }
             let k: usize = shape[2..].iter().product();
-            Ok(([shape[0], shape[1], k], (0..n).collect()))
+            Ok(([shape[0], shape[1], k], None))
         }
         Layout::ConvTranspose { group } => {
             if shape.len() < 3 || group == 0 || !shape[0].is_multiple_of(group) {
@@ -83,13 +84,13 @@ fn view_map(shape: &[usize], layout: Layout) -> Result<([usize; 3], Vec<usize>)>
                     (o * in_per_group + i) * k + kk
                 })
                 .collect();
-            Ok(([group * per_out, in_per_group, k], map))
+            Ok(([group * per_out, in_per_group, k], Some(map)))
         }
         Layout::RowsAreOutputs => {
             if shape.len() != 2 {
                 return Err(Error::Config(format!("matrix weight of shape {shape:?}")));
             }
-            Ok(([shape[0], shape[1], 1], (0..n).collect()))
+            Ok(([shape[0], shape[1], 1], None))
         }
         Layout::ColumnsAreOutputs => {
             if shape.len() != 2 {
@@ -98,7 +99,7 @@ fn view_map(shape: &[usize], layout: Layout) -> Result<([usize; 3], Vec<usize>)>
             let (k, cols) = (shape[0], shape[1]);
             // ONNX (r, c) = r·cols + c → view (o = c, i = r)
             let map = (0..n).map(|idx| (idx % cols) * k + idx / cols).collect();
-            Ok(([cols, k, 1], map))
+            Ok(([cols, k, 1], Some(map)))
         }
     }
 }
@@ -130,19 +131,29 @@ pub fn quantize_weight(
     let scale = squant::symmetric_scale(w.view(), qmax);
     let (dims, map) =
         view_map(w.shape(), layout).map_err(|e| Error::tensor(name, e.to_string()))?;
-    let mut x = vec![0f32; w.len()];
     let inv = f64::from(scale);
-    for (src, &v) in w.iter().enumerate() {
-        x[map[src]] = (f64::from(v) / inv) as f32;
-    }
+    let grid = |v: f32| (f64::from(v) / inv) as f32;
+    let x: Vec<f32> = match &map {
+        None => w.iter().map(|&v| grid(v)).collect(),
+        Some(map) => {
+            let mut x = vec![0f32; w.len()];
+            for (src, &v) in w.iter().enumerate() {
+                x[map[src]] = grid(v);
+            }
+            x
+        }
+    };
     let view = Array3::from_shape_vec((dims[0], dims[1], dims[2]), x)
         .map_err(|e| Error::tensor(name, e.to_string()))?;
     let (q, flips) = squant::round_squant(view.view(), -qmax, qmax, rounding);
-    let q_flat: Vec<i32> = q.iter().copied().collect();
-    let out: Vec<i8> = map
-        .iter()
-        .map(|&dst| q_flat[dst].clamp(-128, 127) as i8)
-        .collect();
+    let to_i8 = |v: i32| v.clamp(-128, 127) as i8;
+    let out: Vec<i8> = match &map {
+        None => q.iter().map(|&v| to_i8(v)).collect(),
+        Some(map) => {
+            let q_flat: Vec<i32> = q.iter().copied().collect();
+            map.iter().map(|&dst| to_i8(q_flat[dst])).collect()
+        }
+    };
     let q = ArrayD::from_shape_vec(IxDyn(w.shape()), out)
         .map_err(|e| Error::tensor(name, e.to_string()))?;
     Ok(QuantizedWeight { q, scale, flips })

