@@ -395,3 +395,70 @@ fn bad_options_and_models_are_clear_errors() {
     );
     assert!(!out.exists());
 }
+
+/// Writes a float32 `.npy` file.
+fn write_npy(path: &Path, shape: &[usize], values: &[f32]) {
+    let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
+    let mut header = format!(
+        "{{'descr': '<f4', 'fortran_order': False, 'shape': ({},), }}",
+        dims.join(", ")
+    );
+    while (10 + header.len() + 1) % 64 != 0 {
+        header.push(' ');
+    }
+    header.push('\n');
+    let mut out = b"\x93NUMPY\x01\x00".to_vec();
+    out.extend((header.len() as u16).to_le_bytes());
+    out.extend(header.as_bytes());
+    for v in values {
+        out.extend(v.to_le_bytes());
+    }
+    std::fs::write(path, out).unwrap();
+}
+
+#[test]
+fn calibration_with_user_npy_inputs() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("calib");
+    std::fs::create_dir(&data).unwrap();
+    for k in 0..3 {
+        let x = seeded_uniform(&[1, 28, 28], 100 + k, -0.4, 2.8);
+        write_npy(&data.join(format!("{k}.npy")), &[1, 28, 28], x.as_slice().unwrap());
+    }
+    let out = dir.path().join("q.onnx");
+    let report = dir.path().join("r.json");
+    let r = isquant(&[
+        "quantize",
+        fixture("mnist-cnn.onnx").to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--calibrate",
+        data.to_str().unwrap(),
+        "--percentile",
+        "99.9",
+        "--report",
+        report.to_str().unwrap(),
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let rep: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    let rules: Vec<&str> = rep["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|l| l["activation"]["rule"].as_str())
+        .collect();
+    assert_eq!(rules, vec!["calibrate"; 3]);
+    // A directory without .npy files is a clear error.
+    let empty = dir.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let r = isquant(&[
+        "quantize",
+        fixture("mnist-cnn.onnx").to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--calibrate",
+        empty.to_str().unwrap(),
+    ]);
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("holds no .npy files"), "{}", r.stderr);
+}
