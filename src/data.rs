@@ -102,6 +102,30 @@ pub fn read_npy(path: &Path) -> Result<ArrayD<f32>> {
     ArrayD::from_shape_vec(IxDyn(&shape), values).map_err(|e| bad(path, e.to_string()))
 }
 
+/// Writes a float32 C-order `.npy` file (atomically).
+///
+/// # Errors
+/// The file cannot be written.
+pub fn write_npy(path: &Path, a: &ArrayD<f32>) -> Result<()> {
+    let dims: Vec<String> = a.shape().iter().map(ToString::to_string).collect();
+    let shape = match dims.len() {
+        1 => format!("({},)", dims[0]),
+        _ => format!("({})", dims.join(", ")),
+    };
+    let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {shape}, }}");
+    while (10 + header.len() + 1) % 64 != 0 {
+        header.push(' ');
+    }
+    header.push('\n');
+    let mut out = b"\x93NUMPY\x01\x00".to_vec();
+    out.extend((header.len() as u16).to_le_bytes());
+    out.extend(header.as_bytes());
+    for v in a.iter() {
+        out.extend(v.to_le_bytes());
+    }
+    crate::onnx::io::write_atomic(path, &out)
+}
+
 fn check(path: &Path, got: usize, want: usize) -> Result<()> {
     if got < want {
         Err(bad(
@@ -198,6 +222,12 @@ mod tests {
         assert!(read_npy(&p).unwrap_err().to_string().contains("needs 16"));
         std::fs::write(&p, b"hello").unwrap();
         assert!(read_npy(&p).unwrap_err().to_string().contains("not a .npy"));
+        let back = dir.join("b.npy");
+        let arr =
+            ArrayD::from_shape_vec(IxDyn(&[2, 3]), vec![1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0]).unwrap();
+        write_npy(&back, &arr).unwrap();
+        assert_eq!(read_npy(&back).unwrap(), arr);
+        std::fs::remove_file(&back).unwrap();
         let batches = {
             std::fs::write(&p, npy("<f4", "(2, 3)", &data)).unwrap();
             load_batches(&dir, 3).unwrap()

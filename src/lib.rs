@@ -13,6 +13,7 @@
 pub mod data;
 pub mod error;
 pub mod graph;
+pub mod inputs;
 pub mod inspect;
 pub mod onnx;
 pub mod passes;

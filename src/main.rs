@@ -36,6 +36,10 @@ enum Command {
     /// weights, data-free activation scales, QuantizeLinear + ConvInteger/MatMulInteger.
     #[command(after_help = QUANTIZE_EXAMPLES)]
     Quantize(Box<QuantizeArgs>),
+    /// Run a float model and its int8 version in tract on the same inputs and compare:
+    /// agreement, accuracy (with labels), SQNR, cosine, and the worst layers (--per-layer).
+    #[command(after_help = VALIDATE_EXAMPLES)]
+    Validate(Box<ValidateArgs>),
     /// Show what a model holds: versions, inputs/outputs, ops, weights, foldable BNs and the
     /// layers a quantizer would touch.
     #[command(after_help = "Example:\n  isquant inspect fixtures/mnist-cnn.onnx --json")]
@@ -99,6 +103,101 @@ Activation ranges (--act-ranges):
 The model input has no statistics: give --input-range LO:HI (or --preset imagenet) to quantize
 the first layer's input too; otherwise that layer keeps a float input and int8 weights.";
 
+const VALIDATE_EXAMPLES: &str = "\
+Examples:
+  isquant validate float.onnx int8.onnx                       # seeded synthetic inputs
+  isquant validate mnv2.onnx mnv2-int8.onnx photos/ --preset imagenet --per-layer
+  isquant validate mnv2.onnx mnv2-int8.onnx val/ --preset imagenet --label-regex '_(\\d+)\\.jpg$'
+  isquant validate fm.onnx fm-int8.onnx t10k-images-idx3-ubyte.gz --labels t10k-labels-idx1-ubyte.gz \\
+      --preset fashion-mnist --max-accuracy-drop 0.3 --json fm.json
+
+Presets: imagenet (shorter side 256, centre crop 224, ImageNet mean/std, RGB), mnist and
+fashion-mnist ((x/255 - mean)/std, gray), unit (x/255), symmetric ((x/255 - 0.5)/0.5),
+pixels (raw 0..255). Thresholds make the exit code 1 when missed.";
+
+#[derive(clap::Args, Debug)]
+struct ValidateArgs {
+    /// The float model.
+    float: PathBuf,
+    /// The quantized model.
+    int8: PathBuf,
+    /// Images (JPEG/PNG), .npy files, IDX image files, or folders of them; none: synthetic.
+    inputs_paths: Vec<PathBuf>,
+    #[command(flatten)]
+    inputs: InputArgs,
+}
+
+/// Inputs, preprocessing, labels, metrics output and thresholds (validate and quantize).
+#[derive(clap::Args, Debug)]
+struct InputArgs {
+    /// Preprocessing preset (also the input range for quantize): imagenet, mnist,
+    /// fashion-mnist, unit, symmetric, pixels.
+    #[arg(long, value_parser = ["imagenet", "mnist", "fashion-mnist", "unit", "symmetric", "pixels"])]
+    preset: Option<String>,
+    /// Resize: N (shorter side) or HxW (exact).
+    #[arg(long, value_name = "N|HxW")]
+    resize: Option<String>,
+    /// Centre crop HxW (or N for NxN).
+    #[arg(long, value_name = "HxW")]
+    crop: Option<String>,
+    /// Crop before resizing (default: resize, then crop).
+    #[arg(long)]
+    crop_first: bool,
+    /// Mean subtracted after scaling: one value or one per channel (comma-separated).
+    #[arg(long, value_name = "M[,M,M]", allow_hyphen_values = true)]
+    mean: Option<String>,
+    /// Std divided by: one value or one per channel.
+    #[arg(long, value_name = "S[,S,S]")]
+    std: Option<String>,
+    /// Pixel multiplier applied to 0..255 values (default 1/255).
+    #[arg(long)]
+    scale: Option<f32>,
+    /// BGR channel order.
+    #[arg(long)]
+    bgr: bool,
+    /// One gray channel.
+    #[arg(long)]
+    gray: bool,
+    /// Tensor layout of image inputs.
+    #[arg(long, default_value = "nchw", value_parser = ["nchw", "nhwc"])]
+    layout: String,
+    /// Labels from file names: the first capture group of this regex, e.g. '_(\d+)\.jpg$'.
+    #[arg(long, value_name = "REGEX")]
+    label_regex: Option<String>,
+    /// Labels file: IDX labels, or text with one label per line (input order) or
+    /// `FILE LABEL` lines.
+    #[arg(long, value_name = "FILE")]
+    labels: Option<PathBuf>,
+    /// Use at most N inputs.
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Number of synthetic inputs when none are given.
+    #[arg(long, default_value_t = 32)]
+    synthetic: usize,
+    /// Inputs per run (default: 16 when the batch dimension is free, else the fixed batch).
+    #[arg(long)]
+    batch: Option<usize>,
+    /// Compare every quantized layer's output and list the worst first.
+    #[arg(long)]
+    per_layer: bool,
+    /// Write the metrics as JSON.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+    /// Save the preprocessed inputs and both models' first outputs as .npy (inputs.npy,
+    /// float.npy, int8.npy) and labels.txt here, e.g. to check them in another runtime.
+    #[arg(long, value_name = "DIR")]
+    save_tensors: Option<PathBuf>,
+    /// Minimum top-1 agreement in percent (exit code 1 below).
+    #[arg(long, value_name = "PERCENT")]
+    min_agreement: Option<f64>,
+    /// Minimum SQNR in dB (exit code 1 below).
+    #[arg(long, value_name = "DB")]
+    min_sqnr: Option<f64>,
+    /// Maximum accuracy drop in points (exit code 1 above; needs labels).
+    #[arg(long, value_name = "POINTS")]
+    max_accuracy_drop: Option<f64>,
+}
+
 #[derive(clap::Args, Debug)]
 struct QuantizeArgs {
     /// The float ONNX model (never modified).
@@ -124,10 +223,6 @@ struct QuantizeArgs {
     /// Range of the model input, e.g. -2.118:2.640, so the first layer runs in integers too.
     #[arg(long, value_name = "LO:HI", allow_hyphen_values = true)]
     input_range: Option<String>,
-    /// Preprocessing preset giving the input range: imagenet = [-2.118, 2.640]
-    /// (mean/std-normalised RGB), unit = [0, 1], symmetric = [-1, 1], pixels = [0, 255].
-    #[arg(long, value_parser = ["imagenet", "unit", "symmetric", "pixels"])]
-    preset: Option<String>,
     /// Keep nodes float: a node name, weight name or glob pattern (`*`, `?`); repeatable.
     #[arg(long, value_name = "NAME_OR_PATTERN")]
     skip: Vec<String>,
@@ -158,9 +253,15 @@ struct QuantizeArgs {
     /// Write the JSON report (per-layer scales, flips, ranges, skipped nodes) here.
     #[arg(long, value_name = "FILE.json")]
     report: Option<PathBuf>,
-    /// Run the float and the int8 model in tract on seeded synthetic inputs and compare.
+    /// Run the float and the int8 model in tract and compare them (on --validate-inputs, or
+    /// seeded synthetic inputs).
     #[arg(long)]
     validate: bool,
+    /// Images (JPEG/PNG), .npy files, IDX files or folders for --validate.
+    #[arg(long, num_args = 1.., value_name = "PATH")]
+    validate_inputs: Vec<PathBuf>,
+    #[command(flatten)]
+    inputs: InputArgs,
     /// Print every layer.
     #[arg(short, long)]
     verbose: bool,
@@ -187,7 +288,12 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> isquant::Result<ExitCode> {
     match cli.command {
-        Command::Quantize(args) => quantize(*args)?,
+        Command::Quantize(args) => return quantize(*args),
+        Command::Validate(args) => {
+            let float = isquant::load(&args.float)?.model;
+            let int8 = isquant::load(&args.int8)?.model;
+            return run_validation(&float, &int8, &args.inputs_paths, &args.inputs, None);
+        }
         Command::Inspect { model, json } => {
             let loaded = isquant::load(&model)?;
             let report = isquant::inspect::inspect(
@@ -311,15 +417,10 @@ fn input_range(args: &QuantizeArgs) -> isquant::Result<Option<(f32, f32)>> {
             ))),
         };
     }
-    Ok(args.preset.as_deref().map(|p| match p {
-        "imagenet" => (-2.1179, 2.6400),
-        "unit" => (0.0, 1.0),
-        "symmetric" => (-1.0, 1.0),
-        _ => (0.0, 255.0),
-    }))
+    Ok(args.inputs.preset.as_deref().map(preset_range))
 }
 
-fn quantize(args: QuantizeArgs) -> isquant::Result<()> {
+fn quantize(args: QuantizeArgs) -> isquant::Result<ExitCode> {
     use isquant::passes::quantize::{self as q, ActRanges, CalibrationMethod, QuantizeConfig};
     use isquant::squant::Rounding;
     let start = Instant::now();
@@ -409,10 +510,16 @@ fn quantize(args: QuantizeArgs) -> isquant::Result<()> {
         println!("report     {}", path.display());
     }
     println!("wrote      {written} in {:.2?}", start.elapsed());
-    if args.validate {
-        validate_synthetic(&original, &quantized.model, &cfg)?;
+    if args.validate || !args.validate_inputs.is_empty() {
+        return run_validation(
+            &original,
+            &quantized.model,
+            &args.validate_inputs,
+            &args.inputs,
+            cfg.input_shape.as_deref(),
+        );
     }
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }
 
 fn print_summary(
@@ -521,36 +628,451 @@ fn print_summary(
     println!("time       {}", t.join(", "));
 }
 
-fn validate_synthetic(
+fn preset_range(p: &str) -> (f32, f32) {
+    match p {
+        "imagenet" => (-2.1179, 2.6400),
+        "mnist" => (-0.4242, 2.8215),
+        "fashion-mnist" => (-0.8102, 2.0227),
+        "unit" => (0.0, 1.0),
+        "symmetric" => (-1.0, 1.0),
+        _ => (0.0, 255.0),
+    }
+}
+
+fn floats(s: &str, what: &str) -> isquant::Result<Vec<f32>> {
+    s.split(',')
+        .map(|v| v.trim().parse::<f32>())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|_| {
+            isquant::Error::Config(format!(
+                "{what} {s:?} is not a comma-separated list of numbers"
+            ))
+        })
+}
+
+fn hw(s: &str, what: &str) -> isquant::Result<(u32, u32)> {
+    let parts: Vec<&str> = s.split(['x', 'X']).collect();
+    let nums: Option<Vec<u32>> = parts.iter().map(|p| p.trim().parse().ok()).collect();
+    match nums.as_deref() {
+        Some([n]) => Ok((*n, *n)),
+        Some([h, w]) => Ok((*h, *w)),
+        _ => Err(isquant::Error::Config(format!(
+            "{what} {s:?} is not N or HxW"
+        ))),
+    }
+}
+
+fn preprocess(a: &InputArgs) -> isquant::Result<isquant::inputs::Preprocess> {
+    use isquant::inputs::Preprocess;
+    let mut p = match a.preset.as_deref() {
+        Some("imagenet") => Preprocess::imagenet(),
+        Some("mnist") => Preprocess {
+            mean: vec![0.1307],
+            std: vec![0.3081],
+            gray: true,
+            ..Preprocess::default()
+        },
+        Some("fashion-mnist") => Preprocess {
+            mean: vec![0.2860],
+            std: vec![0.3530],
+            gray: true,
+            ..Preprocess::default()
+        },
+        Some("symmetric") => Preprocess {
+            mean: vec![0.5],
+            std: vec![0.5],
+            ..Preprocess::default()
+        },
+        Some("pixels") => Preprocess {
+            scale: 1.0,
+            ..Preprocess::default()
+        },
+        _ => Preprocess::default(),
+    };
+    if let Some(r) = &a.resize {
+        if r.contains(['x', 'X']) {
+            p.resize_exact = Some(hw(r, "--resize")?);
+            p.resize_shorter = None;
+        } else {
+            p.resize_shorter = Some(hw(r, "--resize")?.0);
+            p.resize_exact = None;
+        }
+    }
+    if let Some(c) = &a.crop {
+        p.crop = Some(hw(c, "--crop")?);
+    }
+    if let Some(m) = &a.mean {
+        p.mean = floats(m, "--mean")?;
+    }
+    if let Some(sd) = &a.std {
+        p.std = floats(sd, "--std")?;
+        if p.std.contains(&0.0) {
+            return Err(isquant::Error::Config("--std may not contain 0".into()));
+        }
+    }
+    if let Some(sc) = a.scale {
+        p.scale = sc;
+    }
+    p.crop_first |= a.crop_first;
+    p.bgr |= a.bgr;
+    p.gray |= a.gray;
+    p.nhwc = a.layout == "nhwc";
+    Ok(p)
+}
+
+/// The model input's dimensions (`None` = symbolic or unknown).
+fn input_dims(m: &isquant::graph::Model) -> isquant::Result<Vec<Option<usize>>> {
+    use isquant::onnx::pb::tensor_shape_proto::dimension::Value as Dim;
+    use isquant::onnx::pb::type_proto::Value;
+    let inputs = m.graph.real_inputs();
+    let [input] = inputs.as_slice() else {
+        return Err(isquant::Error::Config(format!(
+            "validation supports models with one input; this one has {}",
+            inputs.len()
+        )));
+    };
+    Ok(match input.r#type.as_ref().and_then(|t| t.value.as_ref()) {
+        Some(Value::TensorType(tt)) => tt
+            .shape
+            .as_ref()
+            .map(|s| {
+                s.dim
+                    .iter()
+                    .map(|d| match d.value {
+                        Some(Dim::DimValue(v)) if v > 0 => Some(v as usize),
+                        _ => None,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
+        _ => Vec::new(),
+    })
+}
+
+fn load_labels(
+    path: &Path,
+    samples: &[isquant::inputs::Sample],
+) -> isquant::Result<Vec<Option<usize>>> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().to_lowercase())
+        .unwrap_or_default();
+    if name.contains("idx1") {
+        let l = isquant::inputs::load_idx_labels(path)?;
+        return Ok(samples
+            .iter()
+            .enumerate()
+            .map(|(i, _)| l.get(i).copied())
+            .collect());
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| isquant::Error::io("read", path, e))?;
+    let mut by_name = std::collections::HashMap::new();
+    let mut in_order = Vec::new();
+    for (n, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        let parts: Vec<&str> = line.split_whitespace().collect();
+        let parse = |s: &str| {
+            s.parse::<usize>().map_err(|_| isquant::Error::Model {
+                path: path.into(),
+                reason: format!("line {}: `{s}` is not a class index", n + 1),
+            })
+        };
+        match parts.as_slice() {
+            [l] => in_order.push(parse(l)?),
+            [f, l] => {
+                by_name.insert(f.to_string(), parse(l)?);
+            }
+            _ => {
+                return Err(isquant::Error::Model {
+                    path: path.into(),
+                    reason: format!("line {}: expected `LABEL` or `FILE LABEL`", n + 1),
+                })
+            }
+        }
+    }
+    Ok(samples
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            by_name
+                .get(&s.name)
+                .copied()
+                .or_else(|| in_order.get(i).copied())
+        })
+        .collect())
+}
+
+fn run_validation(
     float: &isquant::graph::Model,
     int8: &isquant::graph::Model,
-    cfg: &isquant::passes::quantize::QuantizeConfig,
-) -> isquant::Result<()> {
-    use isquant::validate::{compare, seeded_uniform, Source, TractModel};
-    let (lo, hi) = cfg.input_range.unwrap_or((-1.0, 1.0));
-    let batches = isquant::passes::quantize::forward_batches(
+    paths: &[PathBuf],
+    a: &InputArgs,
+    input_shape: Option<&[usize]>,
+) -> isquant::Result<ExitCode> {
+    use isquant::inputs::{self, Kind};
+    let p = preprocess(a)?;
+    let dims = match input_shape {
+        Some(s) => s.iter().map(|&d| Some(d)).collect(),
+        None => input_dims(float)?,
+    };
+    let model_hw = if dims.len() == 4 {
+        let (h, w) = if p.nhwc {
+            (dims[1], dims[2])
+        } else {
+            (dims[2], dims[3])
+        };
+        h.zip(w).map(|(h, w)| (h as u32, w as u32))
+    } else {
+        None
+    };
+    let files = inputs::expand(paths)?;
+    let synthetic = files.is_empty();
+    let mut samples = Vec::new();
+    if synthetic {
+        if dims.iter().skip(1).any(Option::is_none) || dims.is_empty() {
+            return Err(isquant::Error::Config(
+                "the model input has open dimensions: give inputs, or --input-shape to quantize"
+                    .into(),
+            ));
+        }
+        let shape: Vec<usize> = dims.iter().skip(1).map(|d| d.unwrap_or(1)).collect();
+        let (lo, hi) = a.preset.as_deref().map_or((-1.0, 1.0), preset_range);
+        samples = inputs::synthetic(&shape, a.synthetic.max(1), lo, hi);
+    }
+    let re = a
+        .label_regex
+        .as_deref()
+        .map(regex::Regex::new)
+        .transpose()
+        .map_err(|e| isquant::Error::Config(format!("--label-regex: {e}")))?;
+    for f in &files {
+        let name = f
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        match inputs::kind(f) {
+            Some(Kind::Image) => samples.push(inputs::Sample {
+                tensor: inputs::load_image(f, &p, model_hw)?,
+                label: re
+                    .as_ref()
+                    .and_then(|re| inputs::label_from_name(&name, re)),
+                name,
+            }),
+            Some(Kind::Npy) => {
+                let t = isquant::data::read_npy(f)?;
+                let t = if t.ndim() == dims.len() && t.shape().first() == Some(&1) {
+                    t.index_axis_move(ndarray::Axis(0), 0)
+                } else {
+                    t
+                };
+                samples.push(inputs::Sample {
+                    tensor: t,
+                    label: re
+                        .as_ref()
+                        .and_then(|re| inputs::label_from_name(&name, re)),
+                    name,
+                });
+            }
+            Some(Kind::Idx) => samples.extend(inputs::load_idx_images(f, &p, a.limit)?),
+            None => {
+                return Err(isquant::Error::Config(format!(
+                    "{} is not an image (.jpg/.png), .npy or IDX file",
+                    f.display()
+                )))
+            }
+        }
+    }
+    if let Some(l) = a.limit {
+        samples.truncate(l);
+    }
+    if let Some(lp) = &a.labels {
+        let labels = load_labels(lp, &samples)?;
+        for (s, l) in samples.iter_mut().zip(labels) {
+            if l.is_some() {
+                s.label = l;
+            }
+        }
+    }
+    let expected: Vec<usize> = dims.iter().skip(1).filter_map(|d| *d).collect();
+    if let Some(s) = samples.first() {
+        let open = dims.iter().skip(1).any(Option::is_none);
+        if !open && s.tensor.shape() != expected.as_slice() {
+            return Err(isquant::Error::Config(format!(
+                "input `{}` has shape {:?} after preprocessing, but the model expects {:?} (check --resize/--crop/--gray/--layout)",
+                s.name,
+                s.tensor.shape(),
+                expected
+            )));
+        }
+    }
+    let batch = a.batch.unwrap_or(match dims.first() {
+        Some(Some(b)) => *b,
+        _ => 16,
+    });
+    let bar = std::sync::Mutex::new(None::<indicatif::ProgressBar>);
+    let started = Instant::now();
+    let progress = |done: usize, total: usize| {
+        if started.elapsed().as_secs_f64() < 1.0 && done < total {
+            return;
+        }
+        if let Ok(mut b) = bar.lock() {
+            let pb = b.get_or_insert_with(|| {
+                let pb = indicatif::ProgressBar::new(total as u64);
+                if let Ok(style) = indicatif::ProgressStyle::with_template(
+                    "validate   [{bar:30}] {pos}/{len} batches, {per_sec}, eta {eta}",
+                ) {
+                    pb.set_style(style.progress_chars("=> "));
+                }
+                pb
+            });
+            pb.set_position(done as u64);
+        }
+    };
+    let v = isquant::validate::validate(
         float,
-        cfg.input_shape.as_deref(),
-        16,
-        8,
-        |s, k| seeded_uniform(s, 1000 + k as u64, lo, hi),
+        int8,
+        &samples,
+        &isquant::validate::ValidateOptions {
+            synthetic,
+            batch,
+            per_layer: a.per_layer,
+            keep_outputs: a.save_tensors.is_some(),
+        },
+        &progress,
     )?;
-    let shapes: Vec<Vec<usize>> = batches
-        .first()
-        .map(|b| b.iter().map(|a| a.shape().to_vec()).collect())
-        .unwrap_or_default();
-    let fb = isquant::onnx::io::encode_model(&float.to_proto());
-    let qb = isquant::onnx::io::encode_model(&int8.to_proto());
-    let f = TractModel::load(Source::Bytes(&fb), &shapes)?;
-    let q = TractModel::load(Source::Bytes(&qb), &shapes)?;
-    let a = compare(&f, &q, &batches)?;
+    if let Ok(mut b) = bar.lock() {
+        if let Some(pb) = b.take() {
+            pb.finish_and_clear();
+        }
+    }
+    let source = if synthetic {
+        "seeded synthetic inputs (not real data: agreement only)".to_string()
+    } else {
+        format!(
+            "inputs from {}",
+            paths
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    };
     println!(
-        "validate   tract, {} synthetic inputs uniform in [{lo}, {hi}] (not real data): top-1 agreement {:.1} %, SQNR {:.1} dB, cosine {:.5}, max |error| {:.3e}",
-        a.rows,
-        a.top1_agreement * 100.0,
-        a.sqnr_db,
-        a.cosine,
-        a.max_abs_error
+        "validate   tract, {} {source}, {:.1} inputs/s",
+        v.samples, v.samples_per_second
     );
-    Ok(())
+    let mut failures = Vec::new();
+    for o in &v.outputs {
+        let mut line = format!("output     {} {:?}:", o.name, o.shape);
+        if let Some(t1) = o.top1_agreement {
+            line.push_str(&format!(" top-1 agreement {:.2} %,", t1 * 100.0));
+        }
+        if let Some(t5) = o.top5_agreement {
+            line.push_str(&format!(" top-5 {:.2} %,", t5 * 100.0));
+        }
+        line.push_str(&format!(
+            " SQNR {:.2} dB, cosine {:.5}, max |error| {:.3e}",
+            o.sqnr_db, o.cosine, o.max_abs_error
+        ));
+        println!("{line}");
+        if let (Some(fa), Some(qa)) = (o.float_accuracy, o.int8_accuracy) {
+            println!(
+                "accuracy   float {:.2} %, int8 {:.2} % (drop {:.2} points) on {} labeled inputs",
+                fa * 100.0,
+                qa * 100.0,
+                (fa - qa) * 100.0,
+                v.labeled
+            );
+            if let Some(max) = a.max_accuracy_drop {
+                if (fa - qa) * 100.0 > max {
+                    failures.push(format!(
+                        "accuracy drop {:.2} > {max} points",
+                        (fa - qa) * 100.0
+                    ));
+                }
+            }
+        } else if a.max_accuracy_drop.is_some() && !synthetic {
+            return Err(isquant::Error::Config(
+                "--max-accuracy-drop needs labels (--label-regex or --labels)".into(),
+            ));
+        }
+        if let (Some(min), Some(t1)) = (a.min_agreement, o.top1_agreement) {
+            if t1 * 100.0 < min {
+                failures.push(format!("top-1 agreement {:.2} % < {min} %", t1 * 100.0));
+            }
+        }
+        if let Some(min) = a.min_sqnr {
+            if o.sqnr_db < min {
+                failures.push(format!("SQNR {:.2} dB < {min} dB", o.sqnr_db));
+            }
+        }
+    }
+    if a.per_layer {
+        println!("per-layer  SQNR of each quantized layer's output vs float, worst first:");
+        println!(
+            "  {:<48} {:<28} {:>9} {:>11} {:>11}",
+            "value", "op", "SQNR dB", "act scale", "w scale"
+        );
+        for l in &v.layers {
+            let f = |x: Option<f32>| x.map_or("-".to_string(), |v| format!("{v:.4e}"));
+            println!(
+                "  {:<48} {:<28} {:>9.2} {:>11} {:>11}",
+                l.value,
+                l.op,
+                l.sqnr_db,
+                f(l.act_scale),
+                f(l.weight_scale)
+            );
+        }
+    }
+    if let Some(dir) = &a.save_tensors {
+        save_tensors(dir, &samples, &v)?;
+    }
+    if let Some(path) = &a.json {
+        let json = serde_json::to_vec_pretty(&v)
+            .map_err(|e| isquant::Error::Config(format!("cannot encode JSON: {e}")))?;
+        io::write_atomic(path, &json)?;
+    }
+    if failures.is_empty() {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!("below threshold: {}", failures.join("; "));
+        Ok(ExitCode::from(1))
+    }
+}
+
+fn save_tensors(
+    dir: &Path,
+    samples: &[isquant::inputs::Sample],
+    v: &isquant::validate::Validation,
+) -> isquant::Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| isquant::Error::io("create", dir, e))?;
+    let views: Vec<_> = samples.iter().map(|s| s.tensor.view()).collect();
+    let inputs = ndarray::stack(ndarray::Axis(0), &views)
+        .map_err(|e| isquant::Error::Config(format!("cannot stack inputs: {e}")))?;
+    isquant::data::write_npy(&dir.join("inputs.npy"), &inputs)?;
+    for (k, name) in [(0usize, "float.npy"), (1, "int8.npy")] {
+        let parts: Vec<_> = v
+            .kept_outputs
+            .iter()
+            .map(|o| if k == 0 { o.0.view() } else { o.1.view() })
+            .collect();
+        let all = ndarray::concatenate(ndarray::Axis(0), &parts)
+            .map_err(|e| isquant::Error::Config(format!("cannot join outputs: {e}")))?;
+        isquant::data::write_npy(&dir.join(name), &all)?;
+    }
+    let labels: String = samples
+        .iter()
+        .map(|s| {
+            format!(
+                "{} {}\n",
+                s.name,
+                s.label.map_or("-".to_string(), |l| l.to_string())
+            )
+        })
+        .collect();
+    isquant::onnx::io::write_atomic(&dir.join("labels.txt"), labels.as_bytes())
 }

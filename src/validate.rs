@@ -120,87 +120,550 @@ pub fn seeded_uniform(shape: &[usize], seed: u64, lo: f32, hi: f32) -> ArrayD<f3
     ArrayD::from_shape_vec(IxDyn(shape), v).unwrap_or_else(|_| ArrayD::zeros(IxDyn(shape)))
 }
 
-/// How closely a quantized model follows its float original on the same inputs.
+/// Sums for SQNR / cosine / max error, merged in a fixed order.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Sums {
+    signal: f64,
+    noise: f64,
+    dot: f64,
+    norm_b: f64,
+    max_abs: f64,
+    count: u64,
+}
+
+impl Sums {
+    /// Accumulates `reference` vs `candidate`.
+    pub fn add(&mut self, reference: &ArrayD<f32>, candidate: &ArrayD<f32>) {
+        for (&x, &y) in reference.iter().zip(candidate.iter()) {
+            let (x, y) = (f64::from(x), f64::from(y));
+            self.signal += x * x;
+            self.noise += (x - y) * (x - y);
+            self.dot += x * y;
+            self.norm_b += y * y;
+            self.max_abs = self.max_abs.max((x - y).abs());
+            self.count += 1;
+        }
+    }
+
+    /// Merges another partial sum.
+    pub fn merge(&mut self, o: &Sums) {
+        self.signal += o.signal;
+        self.noise += o.noise;
+        self.dot += o.dot;
+        self.norm_b += o.norm_b;
+        self.max_abs = self.max_abs.max(o.max_abs);
+        self.count += o.count;
+    }
+
+    /// `10·log10(Σref² / Σ(ref − q)²)`; infinite when identical.
+    pub fn sqnr_db(&self) -> f64 {
+        if self.noise == 0.0 {
+            f64::INFINITY
+        } else if self.signal == 0.0 {
+            f64::NEG_INFINITY
+        } else {
+            10.0 * (self.signal / self.noise).log10()
+        }
+    }
+
+    /// Cosine similarity.
+    pub fn cosine(&self) -> f64 {
+        if self.signal == 0.0 || self.norm_b == 0.0 {
+            if self.noise == 0.0 {
+                1.0
+            } else {
+                0.0
+            }
+        } else {
+            self.dot / (self.signal.sqrt() * self.norm_b.sqrt())
+        }
+    }
+
+    /// Largest absolute difference.
+    pub fn max_abs(&self) -> f64 {
+        self.max_abs
+    }
+}
+
+/// Indices of the `k` largest values (ties: lower index first).
+pub fn top_k(row: &[f32], k: usize) -> Vec<usize> {
+    let mut idx: Vec<usize> = (0..row.len()).collect();
+    idx.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
+    idx.truncate(k);
+    idx
+}
+
+/// Metrics of one model output.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
-pub struct Agreement {
-    /// Number of rows compared (samples × batch).
-    pub rows: usize,
-    /// Fraction of rows whose top-1 class is the same (first output, last axis).
-    pub top1_agreement: f64,
-    /// Signal-to-quantization-noise ratio of the first output, in dB.
+pub struct OutputMetrics {
+    /// Output name.
+    pub name: String,
+    /// Shape of one batch of this output.
+    pub shape: Vec<usize>,
+    /// SQNR of the int8 output against the float output, dB.
+    #[serde(serialize_with = "finite_or_string")]
     pub sqnr_db: f64,
-    /// Cosine similarity of the first output.
+    /// Cosine similarity.
     pub cosine: f64,
     /// Largest absolute difference.
     pub max_abs_error: f64,
+    /// Top-1 agreement (classification-like outputs: `[N, C]`).
+    pub top1_agreement: Option<f64>,
+    /// Top-5 agreement: the int8 top-1 is in the float top-5 (`C ≥ 5`).
+    pub top5_agreement: Option<f64>,
+    /// Float model's top-1 accuracy on labeled samples.
+    pub float_accuracy: Option<f64>,
+    /// int8 model's top-1 accuracy on labeled samples.
+    pub int8_accuracy: Option<f64>,
 }
 
-/// Runs both models on every batch and compares their first outputs.
-///
-/// # Errors
-/// tract fails on either model.
-pub fn compare(
-    reference: &TractModel,
-    candidate: &TractModel,
-    batches: &[Vec<ArrayD<f32>>],
-) -> Result<Agreement> {
-    let (mut signal, mut noise, mut dot, mut na, mut nb, mut max_abs) =
-        (0f64, 0f64, 0f64, 0f64, 0f64, 0f64);
-    let (mut rows, mut agree) = (0usize, 0usize);
-    for batch in batches {
-        let a = reference.run(batch)?;
-        let b = candidate.run(batch)?;
-        let (Some(a), Some(b)) = (a.first(), b.first()) else {
-            continue;
-        };
-        for (&x, &y) in a.iter().zip(b.iter()) {
-            let (x, y) = (f64::from(x), f64::from(y));
-            signal += x * x;
-            noise += (x - y) * (x - y);
-            dot += x * y;
-            na += x * x;
-            nb += y * y;
-            max_abs = max_abs.max((x - y).abs());
+/// Per-layer comparison for `--per-layer`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct LayerMetrics {
+    /// The layer's output value (same name in both models).
+    pub value: String,
+    /// The int8 op computing it (`ConvInteger`, `MatMulInteger`, or the float op for
+    /// weight-only layers).
+    pub op: String,
+    /// SQNR of the int8 model's tensor against the float model's, dB.
+    #[serde(serialize_with = "finite_or_string")]
+    pub sqnr_db: f64,
+    /// Cosine similarity.
+    pub cosine: f64,
+    /// Activation scale, when the layer quantizes its input.
+    pub act_scale: Option<f32>,
+    /// Weight scale.
+    pub weight_scale: Option<f32>,
+}
+
+fn finite_or_string<S: serde::Serializer>(v: &f64, s: S) -> std::result::Result<S::Ok, S::Error> {
+    if v.is_finite() {
+        s.serialize_f64(*v)
+    } else {
+        s.serialize_str(if *v > 0.0 { "inf" } else { "-inf" })
+    }
+}
+
+/// Everything `validate` measured.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Validation {
+    /// Number of samples.
+    pub samples: usize,
+    /// Number of labeled samples.
+    pub labeled: usize,
+    /// Whether the inputs were synthetic.
+    pub synthetic: bool,
+    /// Per-output metrics.
+    pub outputs: Vec<OutputMetrics>,
+    /// Per-layer metrics, worst SQNR first (with `per_layer`).
+    pub layers: Vec<LayerMetrics>,
+    /// Wall time in seconds.
+    pub seconds: f64,
+    /// Samples per second (both models).
+    pub samples_per_second: f64,
+    /// The first output of the float and the int8 model, batch by batch (with `keep_outputs`).
+    #[serde(skip)]
+    pub kept_outputs: Vec<(ArrayD<f32>, ArrayD<f32>)>,
+}
+
+/// A quantized layer found in an int8 model: its output value, op, and scales.
+#[derive(Debug, Clone, PartialEq)]
+struct LayerProbe {
+    value: String,
+    op: String,
+    act_scale: Option<f32>,
+    weight_scale: Option<f32>,
+}
+
+fn scalar(graph: &crate::graph::Graph, name: &str) -> Option<f32> {
+    let producers = graph.producers();
+    graph
+        .constant_f32(name, &producers)
+        .ok()
+        .flatten()
+        .and_then(|a| a.iter().next().copied())
+}
+
+/// Finds the quantized layers of an int8 model written by isquant (or any model with
+/// ConvInteger/MatMulInteger → Cast → Mul [→ Add] chains, or DequantizeLinear weights).
+fn probes(int8: &crate::graph::Model) -> Vec<LayerProbe> {
+    let g = &int8.graph;
+    let consumers = g.consumers();
+    let producers = g.producers();
+    let single = |v: &str, op: &str| -> Option<usize> {
+        match consumers.get(v).map(Vec::as_slice) {
+            Some([i]) if g.nodes[*i].is(op) => Some(*i),
+            _ => None,
         }
-        let classes = a.shape().last().copied().unwrap_or(1).max(1);
-        let argmax = |v: &[f32]| {
-            v.iter()
-                .enumerate()
-                .fold((0usize, f32::NEG_INFINITY), |best, (i, &x)| {
-                    if x > best.1 {
-                        (i, x)
-                    } else {
-                        best
-                    }
-                })
-                .0
-        };
-        let av: Vec<f32> = a.iter().copied().collect();
-        let bv: Vec<f32> = b.iter().copied().collect();
-        for (ra, rb) in av.chunks(classes).zip(bv.chunks(classes)) {
-            rows += 1;
-            if argmax(ra) == argmax(rb) {
-                agree += 1;
+    };
+    let mut out = Vec::new();
+    for n in &g.nodes {
+        if n.is("ConvInteger") || n.is("MatMulInteger") {
+            let act_scale = n
+                .input(0)
+                .and_then(|x| producers.get(x))
+                .map(|&q| &g.nodes[q])
+                .filter(|q| q.is("QuantizeLinear"))
+                .and_then(|q| q.input(1))
+                .and_then(|s| scalar(g, s));
+            let Some(cast) = n.outputs.first().and_then(|o| single(o, "Cast")) else {
+                continue;
+            };
+            let Some(mul) = g.nodes[cast].outputs.first().and_then(|o| single(o, "Mul")) else {
+                continue;
+            };
+            let rescale = g.nodes[mul].input(1).and_then(|s| scalar(g, s));
+            let mul_out = g.nodes[mul].outputs.first().cloned().unwrap_or_default();
+            let value = single(&mul_out, "Add")
+                .and_then(|a| g.nodes[a].outputs.first().cloned())
+                .unwrap_or(mul_out);
+            out.push(LayerProbe {
+                value,
+                op: n.op_type.clone(),
+                act_scale,
+                weight_scale: match (rescale, act_scale) {
+                    (Some(r), Some(a)) if a > 0.0 => Some(r / a),
+                    _ => None,
+                },
+            });
+        } else if n.is("DequantizeLinear") {
+            let Some(dq_out) = n.outputs.first() else {
+                continue;
+            };
+            let is_weight = n.input(0).is_some_and(|w| g.initializer(w).is_some());
+            if !is_weight {
+                continue;
+            }
+            for &c in consumers
+                .get(dq_out.as_str())
+                .map(Vec::as_slice)
+                .unwrap_or(&[])
+            {
+                let layer = &g.nodes[c];
+                if let Some(v) = layer.outputs.first() {
+                    out.push(LayerProbe {
+                        value: v.clone(),
+                        op: format!("{} (weight-only)", layer.op_type),
+                        act_scale: None,
+                        weight_scale: n.input(1).and_then(|s| scalar(g, s)),
+                    });
+                }
             }
         }
     }
-    Ok(Agreement {
-        rows,
-        top1_agreement: if rows == 0 {
-            0.0
+    out
+}
+
+fn with_outputs(m: &crate::graph::Model, extra: &[String]) -> Vec<u8> {
+    let mut m = m.clone();
+    for v in extra {
+        m.graph.outputs.push(crate::onnx::pb::ValueInfoProto {
+            name: Some(v.clone()),
+            ..Default::default()
+        });
+    }
+    crate::onnx::io::encode_model(&m.to_proto())
+}
+
+/// Stacks samples into a batch `[n, ...]`.
+fn stack(samples: &[&crate::inputs::Sample]) -> Result<ArrayD<f32>> {
+    let views: Vec<_> = samples.iter().map(|s| s.tensor.view()).collect();
+    let stacked = ndarray::stack(ndarray::Axis(0), &views).map_err(|e| {
+        Error::Config(format!(
+            "inputs have different shapes ({}): {e}",
+            samples
+                .iter()
+                .map(|s| format!("{:?}", s.tensor.shape()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))
+    })?;
+    Ok(stacked)
+}
+
+/// Options of [`validate`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ValidateOptions {
+    /// The samples are synthetic (reported as such).
+    pub synthetic: bool,
+    /// Samples per run (1 when the model's batch dimension is fixed).
+    pub batch: usize,
+    /// Also compare every quantized layer's output.
+    pub per_layer: bool,
+    /// Keep both models' first outputs in [`Validation::kept_outputs`].
+    pub keep_outputs: bool,
+}
+
+/// Runs the float and the int8 model on `samples` and compares them.
+///
+/// `progress(done, total)` is called after each batch, from worker threads.
+///
+/// # Errors
+/// tract fails on either model; samples of different shapes; labels out of range.
+pub fn validate(
+    float: &crate::graph::Model,
+    int8: &crate::graph::Model,
+    samples: &[crate::inputs::Sample],
+    opts: &ValidateOptions,
+    progress: &(dyn Fn(usize, usize) + Sync),
+) -> Result<Validation> {
+    let ValidateOptions {
+        synthetic,
+        batch,
+        per_layer,
+        keep_outputs,
+    } = *opts;
+    use rayon::prelude::*;
+    let start = std::time::Instant::now();
+    let n_out = int8.graph.outputs.len();
+    if float.graph.outputs.len() != n_out {
+        return Err(Error::Config(format!(
+            "the models have different outputs: {} in the float model, {n_out} in the int8 model",
+            float.graph.outputs.len()
+        )));
+    }
+    let fi: Vec<String> = float
+        .graph
+        .real_inputs()
+        .iter()
+        .filter_map(|i| i.name.clone())
+        .collect();
+    let qi: Vec<String> = int8
+        .graph
+        .real_inputs()
+        .iter()
+        .filter_map(|i| i.name.clone())
+        .collect();
+    if fi != qi {
+        return Err(Error::Config(format!(
+            "the models have different inputs: {fi:?} vs {qi:?}"
+        )));
+    }
+    for name in &fi {
+        if let (Some(a), Some(b)) = (float.graph.input_dims(name), int8.graph.input_dims(name)) {
+            let clash = a.len() != b.len()
+                || a.iter()
+                    .zip(&b)
+                    .any(|(x, y)| matches!((x, y), (Some(x), Some(y)) if x != y));
+            if clash {
+                let show = |d: &[Option<usize>]| {
+                    d.iter()
+                        .map(|v| v.map_or("?".to_string(), |v| v.to_string()))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                };
+                return Err(Error::Config(format!(
+                    "the models have different shapes for input `{name}`: [{}] vs [{}]",
+                    show(&a),
+                    show(&b)
+                )));
+            }
+        }
+    }
+    let float_values: std::collections::HashSet<&str> = float
+        .graph
+        .nodes
+        .iter()
+        .flat_map(|n| n.outputs.iter().map(String::as_str))
+        .collect();
+    let probes: Vec<LayerProbe> = if per_layer {
+        probes(int8)
+            .into_iter()
+            .filter(|p| float_values.contains(p.value.as_str()))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let extra: Vec<String> = probes.iter().map(|p| p.value.clone()).collect();
+    let fb = with_outputs(float, &extra);
+    let qb = with_outputs(int8, &extra);
+    let batch = batch.max(1);
+    let chunks: Vec<&[crate::inputs::Sample]> = samples.chunks(batch).collect();
+    let Some(first) = chunks.first() else {
+        return Err(Error::Config("no inputs to validate on".into()));
+    };
+    let refs: Vec<&crate::inputs::Sample> = first.iter().collect();
+    let shape = stack(&refs)?.shape().to_vec();
+    let fm = TractModel::load(Source::Bytes(&fb), std::slice::from_ref(&shape))?;
+    let qm = TractModel::load(Source::Bytes(&qb), std::slice::from_ref(&shape))?;
+    // A short last batch needs its own plans.
+    let last_len = chunks.last().map_or(0, |c| c.len());
+    let tail_models = if last_len != first.len() {
+        let mut s = shape.clone();
+        s[0] = last_len;
+        Some((
+            TractModel::load(Source::Bytes(&fb), std::slice::from_ref(&s))?,
+            TractModel::load(Source::Bytes(&qb), std::slice::from_ref(&s))?,
+        ))
+    } else {
+        None
+    };
+    let done = std::sync::atomic::AtomicUsize::new(0);
+    struct Partial {
+        kept: Option<(ArrayD<f32>, ArrayD<f32>)>,
+        outputs: Vec<(Sums, Vec<usize>)>,
+        rows: Vec<Vec<(Vec<usize>, Vec<usize>)>>,
+        layers: Vec<Sums>,
+    }
+    let run_batch = |(k, chunk): (usize, &&[crate::inputs::Sample])| -> Result<Partial> {
+        let refs: Vec<&crate::inputs::Sample> = chunk.iter().collect();
+        let x = stack(&refs)?;
+        let (f, q) = match (&tail_models, k + 1 == chunks.len()) {
+            (Some((tf, tq)), true) => (tf, tq),
+            _ => (&fm, &qm),
+        };
+        let a = f.run(std::slice::from_ref(&x))?;
+        let b = q.run(std::slice::from_ref(&x))?;
+        let mut outputs = Vec::new();
+        let mut rows = Vec::new();
+        for o in 0..n_out {
+            let (Some(ra), Some(rb)) = (a.get(o), b.get(o)) else {
+                continue;
+            };
+            let mut s = Sums::default();
+            s.add(ra, rb);
+            outputs.push((s, ra.shape().to_vec()));
+            let classes = if ra.ndim() == 2 { ra.shape()[1] } else { 0 };
+            let mut r = Vec::new();
+            if classes > 1 {
+                let va: Vec<f32> = ra.iter().copied().collect();
+                let vb: Vec<f32> = rb.iter().copied().collect();
+                for (x, y) in va.chunks(classes).zip(vb.chunks(classes)) {
+                    r.push((top_k(x, 5), top_k(y, 1)));
+                }
+            }
+            rows.push(r);
+        }
+        let layers = (0..extra.len())
+            .map(|l| {
+                let mut s = Sums::default();
+                if let (Some(x), Some(y)) = (a.get(n_out + l), b.get(n_out + l)) {
+                    s.add(x, y);
+                }
+                s
+            })
+            .collect();
+        let d = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        progress(d, chunks.len());
+        let kept = if keep_outputs {
+            a.first().cloned().zip(b.first().cloned())
         } else {
-            agree as f64 / rows as f64
-        },
-        sqnr_db: if noise == 0.0 {
-            f64::INFINITY
-        } else {
-            10.0 * (signal / noise).log10()
-        },
-        cosine: if na == 0.0 || nb == 0.0 {
-            0.0
-        } else {
-            dot / (na.sqrt() * nb.sqrt())
-        },
-        max_abs_error: max_abs,
+            None
+        };
+        Ok(Partial {
+            kept,
+            outputs,
+            rows,
+            layers,
+        })
+    };
+    // tract 0.23.9's AMX int8 kernel crashes (SIGSEGV) off the main thread when layer
+    // outputs are extra model outputs, so per-layer runs stay on the calling thread.
+    let partials: Vec<Partial> = if per_layer {
+        chunks
+            .iter()
+            .enumerate()
+            .map(run_batch)
+            .collect::<Result<Vec<_>>>()?
+    } else {
+        chunks
+            .par_iter()
+            .enumerate()
+            .map(run_batch)
+            .collect::<Result<Vec<_>>>()?
+    };
+    // Merge in batch order (deterministic whatever the thread count).
+    let labels: Vec<Option<usize>> = samples.iter().map(|s| s.label).collect();
+    let labeled = labels.iter().filter(|l| l.is_some()).count();
+    let mut outputs = Vec::new();
+    for o in 0..n_out {
+        let mut sums = Sums::default();
+        let mut shape = Vec::new();
+        let mut all_rows: Vec<&(Vec<usize>, Vec<usize>)> = Vec::new();
+        for p in &partials {
+            if let Some((s, sh)) = p.outputs.get(o) {
+                sums.merge(s);
+                shape.clone_from(sh);
+            }
+            if let Some(r) = p.rows.get(o) {
+                all_rows.extend(r.iter());
+            }
+        }
+        let (mut top1, mut top5, mut acc_f, mut acc_q, mut n_lab) =
+            (0usize, 0usize, 0usize, 0usize, 0usize);
+        let classes = if shape.len() == 2 { shape[1] } else { 0 };
+        for (row, (fa, qb)) in all_rows.iter().enumerate() {
+            let (fa, qb) = (fa, qb);
+            let f1 = fa.first().copied();
+            let q1 = qb.first().copied();
+            if f1 == q1 {
+                top1 += 1;
+            }
+            if q1.is_some_and(|q| fa.contains(&q)) {
+                top5 += 1;
+            }
+            if let Some(Some(l)) = labels.get(row) {
+                if *l >= classes {
+                    return Err(Error::Config(format!(
+                        "label {l} of input `{}` is out of range for {classes} classes",
+                        samples.get(row).map_or("?", |s| s.name.as_str())
+                    )));
+                }
+                n_lab += 1;
+                acc_f += usize::from(f1 == Some(*l));
+                acc_q += usize::from(q1 == Some(*l));
+            }
+        }
+        let rows = all_rows.len();
+        let frac = |k: usize, n: usize| (n > 0).then(|| k as f64 / n as f64);
+        outputs.push(OutputMetrics {
+            name: int8
+                .graph
+                .outputs
+                .get(o)
+                .and_then(|v| v.name.clone())
+                .unwrap_or_default(),
+            shape,
+            sqnr_db: sums.sqnr_db(),
+            cosine: sums.cosine(),
+            max_abs_error: sums.max_abs(),
+            top1_agreement: frac(top1, rows),
+            top5_agreement: if classes >= 5 { frac(top5, rows) } else { None },
+            float_accuracy: frac(acc_f, n_lab),
+            int8_accuracy: frac(acc_q, n_lab),
+        });
+    }
+    let mut layers: Vec<LayerMetrics> = probes
+        .iter()
+        .enumerate()
+        .map(|(l, p)| {
+            let mut s = Sums::default();
+            for part in &partials {
+                if let Some(x) = part.layers.get(l) {
+                    s.merge(x);
+                }
+            }
+            LayerMetrics {
+                value: p.value.clone(),
+                op: p.op.clone(),
+                sqnr_db: s.sqnr_db(),
+                cosine: s.cosine(),
+                act_scale: p.act_scale,
+                weight_scale: p.weight_scale,
+            }
+        })
+        .collect();
+    layers.sort_by(|a, b| a.sqnr_db.total_cmp(&b.sqnr_db).then(a.value.cmp(&b.value)));
+    let seconds = start.elapsed().as_secs_f64();
+    let kept_outputs = partials.into_iter().filter_map(|p| p.kept).collect();
+    Ok(Validation {
+        kept_outputs,
+        samples: samples.len(),
+        labeled,
+        synthetic,
+        outputs,
+        layers,
+        seconds,
+        samples_per_second: samples.len() as f64 / seconds.max(1e-9),
     })
 }

@@ -11,3 +11,4 @@ mod fuzz;
 mod graph_edit;
 mod quantize;
 mod roundtrip;
+mod validate;

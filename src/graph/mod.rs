@@ -384,6 +384,31 @@ impl Graph {
             .collect()
     }
 
+    /// Declared dimensions of a graph input (`None` for symbolic or unknown dimensions);
+    /// `None` when the input has no tensor type.
+    pub fn input_dims(&self, name: &str) -> Option<Vec<Option<usize>>> {
+        use pb::tensor_shape_proto::dimension::Value as Dim;
+        use pb::type_proto::Value;
+        let vi = self
+            .inputs
+            .iter()
+            .find(|i| i.name.as_deref() == Some(name))?;
+        match vi.r#type.as_ref()?.value.as_ref()? {
+            Value::TensorType(tt) => Some(
+                tt.shape
+                    .as_ref()?
+                    .dim
+                    .iter()
+                    .map(|d| match d.value {
+                        Some(Dim::DimValue(v)) if v > 0 => Some(v as usize),
+                        _ => None,
+                    })
+                    .collect(),
+            ),
+            _ => None,
+        }
+    }
+
     /// Value name → index of the node producing it.
     pub fn producers(&self) -> HashMap<&str, usize> {
         let mut m = HashMap::new();

