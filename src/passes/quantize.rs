@@ -510,14 +510,15 @@ pub fn quantize(
             _ => {
                 progress("noise forward pass");
                 let seed = cfg.noise_seed;
+                // SQuant feeds U[0, 1) images; when the input range is known, the noise
+                // covers it instead (normalised inputs reach well outside [0, 1)).
+                let (lo, hi) = cfg.input_range.unwrap_or((0.0, 1.0));
                 forward_batches(
                     model,
                     cfg.input_shape.as_deref(),
                     cfg.noise_batch,
                     8,
-                    |s, k| {
-                        crate::validate::seeded_uniform(s, seed.wrapping_add(k as u64), 0.0, 1.0)
-                    },
+                    |s, k| crate::validate::seeded_uniform(s, seed.wrapping_add(k as u64), lo, hi),
                 )?
             }
         };

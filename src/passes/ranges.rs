@@ -610,9 +610,12 @@ pub struct Observed {
     pub min: f64,
     /// Largest element.
     pub max: f64,
-    /// Every `stride`-th `|x|` (deterministic subsample for percentiles).
+    /// Every `stride`-th `|x|` over the whole pass (deterministic subsample for percentiles
+    /// and clipping rates).
     #[serde(skip)]
     pub sample: Vec<f32>,
+    #[serde(skip)]
+    seen: u64,
 }
 
 impl Observed {
@@ -621,7 +624,9 @@ impl Observed {
             self.min = f64::INFINITY;
             self.max = f64::NEG_INFINITY;
         }
-        for (i, &v) in values.iter().enumerate() {
+        for &v in values.iter() {
+            let i = self.seen;
+            self.seen += 1;
             if !v.is_finite() {
                 continue;
             }
@@ -636,7 +641,7 @@ impl Observed {
             }
             self.min = self.min.min(x);
             self.max = self.max.max(x);
-            if sample_stride > 0 && i % sample_stride == 0 {
+            if sample_stride > 0 && i % sample_stride as u64 == 0 {
                 self.sample.push(v.abs());
             }
         }
