@@ -223,7 +223,8 @@ struct QuantizeArgs {
     /// Range of the model input, e.g. -2.118:2.640, so the first layer runs in integers too.
     #[arg(long, value_name = "LO:HI", allow_hyphen_values = true)]
     input_range: Option<String>,
-    /// Keep nodes float: a node name, weight name or glob pattern (`*`, `?`); repeatable.
+    /// Keep layers float: a node name, weight name, output value name (as `validate
+    /// --per-layer` lists them) or glob pattern (`*`, `?`); repeatable.
     #[arg(long, value_name = "NAME_OR_PATTERN")]
     skip: Vec<String>,
     /// Keep the first quantizable layer float.
@@ -1011,18 +1012,29 @@ fn run_validation(
         }
     }
     if a.per_layer {
-        println!("per-layer  SQNR of each quantized layer's output vs float, worst first:");
         println!(
-            "  {:<48} {:<28} {:>9} {:>11} {:>11}",
-            "value", "op", "SQNR dB", "act scale", "w scale"
+            "per-layer  SQNR of each quantized layer's output vs float, worst first (local dB: the"
+        );
+        println!("           layer's own contribution with its input's noise removed; lowest = try --skip):");
+        let w = v
+            .layers
+            .iter()
+            .map(|l| l.value.len())
+            .max()
+            .unwrap_or(5)
+            .max(5);
+        println!(
+            "  {:<w$} {:<26} {:>8} {:>8} {:>10} {:>10}",
+            "value", "op", "SQNR dB", "local dB", "act scale", "w scale"
         );
         for l in &v.layers {
-            let f = |x: Option<f32>| x.map_or("-".to_string(), |v| format!("{v:.4e}"));
+            let f = |x: Option<f32>| x.map_or("-".to_string(), |v| format!("{v:.3e}"));
             println!(
-                "  {:<48} {:<28} {:>9.2} {:>11} {:>11}",
+                "  {:<w$} {:<26} {:>8.2} {:>8.2} {:>10} {:>10}",
                 l.value,
                 l.op,
                 l.sqnr_db,
+                l.local_sqnr_db,
                 f(l.act_scale),
                 f(l.weight_scale)
             );

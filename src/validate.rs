@@ -230,6 +230,14 @@ pub struct LayerMetrics {
     pub sqnr_db: f64,
     /// Cosine similarity.
     pub cosine: f64,
+    /// SQNR of the layer's input in the int8 model (infinite for the model input).
+    #[serde(serialize_with = "finite_or_string")]
+    pub input_sqnr_db: f64,
+    /// The layer's own contribution: `−10·log10(10^(−out/10) − 10^(−in/10))`, the SQNR the
+    /// layer would have if its input were exact (noise powers add). Lowest = the layer that
+    /// loses the most; the one to try with `--skip`.
+    #[serde(serialize_with = "finite_or_string")]
+    pub local_sqnr_db: f64,
     /// Activation scale, when the layer quantizes its input.
     pub act_scale: Option<f32>,
     /// Weight scale.
@@ -270,6 +278,7 @@ pub struct Validation {
 #[derive(Debug, Clone, PartialEq)]
 struct LayerProbe {
     value: String,
+    input: Option<String>,
     op: String,
     act_scale: Option<f32>,
     weight_scale: Option<f32>,
@@ -299,13 +308,19 @@ fn probes(int8: &crate::graph::Model) -> Vec<LayerProbe> {
     let mut out = Vec::new();
     for n in &g.nodes {
         if n.is("ConvInteger") || n.is("MatMulInteger") {
-            let act_scale = n
+            let quant = n
                 .input(0)
                 .and_then(|x| producers.get(x))
                 .map(|&q| &g.nodes[q])
-                .filter(|q| q.is("QuantizeLinear"))
-                .and_then(|q| q.input(1))
-                .and_then(|s| scalar(g, s));
+                .filter(|q| q.is("QuantizeLinear"));
+            let act_scale = quant.and_then(|q| q.input(1)).and_then(|s| scalar(g, s));
+            // The float value the layer quantizes (through an optional Clip).
+            let input = quant.and_then(|q| q.input(0)).map(|x| {
+                match producers.get(x).map(|&c| &g.nodes[c]) {
+                    Some(c) if c.is("Clip") => c.input(0).unwrap_or(x).to_string(),
+                    _ => x.to_string(),
+                }
+            });
             let Some(cast) = n.outputs.first().and_then(|o| single(o, "Cast")) else {
                 continue;
             };
@@ -319,6 +334,7 @@ fn probes(int8: &crate::graph::Model) -> Vec<LayerProbe> {
                 .unwrap_or(mul_out);
             out.push(LayerProbe {
                 value,
+                input,
                 op: n.op_type.clone(),
                 act_scale,
                 weight_scale: match (rescale, act_scale) {
@@ -343,6 +359,7 @@ fn probes(int8: &crate::graph::Model) -> Vec<LayerProbe> {
                 if let Some(v) = layer.outputs.first() {
                     out.push(LayerProbe {
                         value: v.clone(),
+                        input: layer.input(0).map(str::to_string),
                         op: format!("{} (weight-only)", layer.op_type),
                         act_scale: None,
                         weight_scale: n.input(1).and_then(|s| scalar(g, s)),
@@ -474,7 +491,14 @@ pub fn validate(
     } else {
         Vec::new()
     };
-    let extra: Vec<String> = probes.iter().map(|p| p.value.clone()).collect();
+    let mut extra: Vec<String> = Vec::new();
+    for p in &probes {
+        for v in std::iter::once(&p.value).chain(p.input.as_ref()) {
+            if float_values.contains(v.as_str()) && !extra.contains(v) {
+                extra.push(v.clone());
+            }
+        }
+    }
     let fb = with_outputs(float, &extra);
     let qb = with_outputs(int8, &extra);
     let batch = batch.max(1);
@@ -633,21 +657,44 @@ pub fn validate(
             int8_accuracy: frac(acc_q, n_lab),
         });
     }
+    let merged = |name: &str| -> Option<Sums> {
+        let l = extra.iter().position(|v| v == name)?;
+        let mut s = Sums::default();
+        for part in &partials {
+            if let Some(x) = part.layers.get(l) {
+                s.merge(x);
+            }
+        }
+        Some(s)
+    };
     let mut layers: Vec<LayerMetrics> = probes
         .iter()
-        .enumerate()
-        .map(|(l, p)| {
-            let mut s = Sums::default();
-            for part in &partials {
-                if let Some(x) = part.layers.get(l) {
-                    s.merge(x);
+        .map(|p| {
+            let s = merged(&p.value).unwrap_or_default();
+            let input_sqnr = p
+                .input
+                .as_deref()
+                .and_then(merged)
+                .map_or(f64::INFINITY, |i| i.sqnr_db());
+            let noise = |db: f64| {
+                if db.is_finite() {
+                    10f64.powf(-db / 10.0)
+                } else {
+                    0.0
                 }
-            }
+            };
+            let local = noise(s.sqnr_db()) - noise(input_sqnr);
             LayerMetrics {
                 value: p.value.clone(),
                 op: p.op.clone(),
                 sqnr_db: s.sqnr_db(),
                 cosine: s.cosine(),
+                input_sqnr_db: input_sqnr,
+                local_sqnr_db: if local > 0.0 {
+                    -10.0 * local.log10()
+                } else {
+                    f64::INFINITY
+                },
                 act_scale: p.act_scale,
                 weight_scale: p.weight_scale,
             }

@@ -72,7 +72,7 @@ pub struct QuantizeConfig {
     pub bn_sigmas: f64,
     /// Range of the model input, if known.
     pub input_range: Option<(f32, f32)>,
-    /// Node names or glob patterns (`*`, `?`) to keep float.
+    /// Node names, weight names, output value names or glob patterns (`*`, `?`) to keep float.
     pub skip: Vec<String>,
     /// Keep the first quantizable layer float.
     pub keep_first_float: bool,
@@ -373,8 +373,14 @@ pub fn quantize(
     let mut chosen = Vec::new();
     for t in all_targets {
         let node = &model.graph.nodes[t.node];
+        // A layer is named by its node, its weight, or its output value (after BN folding:
+        // the value `validate --per-layer` lists).
+        let output = node.outputs.first().map(String::as_str).unwrap_or("");
         let pattern = cfg.skip.iter().find(|p| {
-            glob_match(p, &node.name) || glob_match(p, &t.name) || glob_match(p, &t.weight)
+            glob_match(p, &node.name)
+                || glob_match(p, &t.name)
+                || glob_match(p, &t.weight)
+                || glob_match(p, output)
         });
         let reason = if let Some(p) = pattern {
             Some(format!("--skip {p}"))
