@@ -641,7 +641,7 @@ impl Observed {
             }
             self.min = self.min.min(x);
             self.max = self.max.max(x);
-            if sample_stride > 0 && i % sample_stride as u64 == 0 {
+            if sample_stride > 0 && i.is_multiple_of(sample_stride as u64) {
                 self.sample.push(v.abs());
             }
         }
