@@ -4,7 +4,7 @@
 //! header (`descr`, `fortran_order`, `shape`), then the raw array. Accepted: little-endian
 //! `<f4` (float32), `<f8` (converted), `|u1` (converted, no scaling), C order.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use ndarray::{ArrayD, IxDyn};
 
@@ -137,54 +137,6 @@ fn check(path: &Path, got: usize, want: usize) -> Result<()> {
     }
 }
 
-/// The `.npy` files of a directory, sorted by name.
-///
-/// # Errors
-/// The directory cannot be read or holds no `.npy` file.
-pub fn npy_files(dir: &Path) -> Result<Vec<PathBuf>> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(|e| Error::io("read directory", dir, e))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "npy"))
-        .collect();
-    files.sort();
-    if files.is_empty() {
-        return Err(Error::Config(format!(
-            "{} holds no .npy files (calibration inputs are float32 .npy arrays shaped like the model input)",
-            dir.display()
-        )));
-    }
-    Ok(files)
-}
-
-/// Loads calibration batches: each file is a batch shaped like the model input, or one
-/// sample without the batch dimension (a batch dimension of 1 is added).
-///
-/// # Errors
-/// As [`read_npy`], plus ranks that do not fit `input_rank`.
-pub fn load_batches(dir: &Path, input_rank: usize) -> Result<Vec<Vec<ArrayD<f32>>>> {
-    npy_files(dir)?
-        .into_iter()
-        .map(|p| {
-            let a = read_npy(&p)?;
-            let a = if a.ndim() + 1 == input_rank {
-                a.insert_axis(ndarray::Axis(0))
-            } else if a.ndim() == input_rank {
-                a
-            } else {
-                return Err(bad(
-                    &p,
-                    format!(
-                        "array of shape {:?} does not fit a model input of rank {input_rank}",
-                        a.shape()
-                    ),
-                ));
-            };
-            Ok(vec![a])
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -228,11 +180,6 @@ mod tests {
         write_npy(&back, &arr).unwrap();
         assert_eq!(read_npy(&back).unwrap(), arr);
         std::fs::remove_file(&back).unwrap();
-        let batches = {
-            std::fs::write(&p, npy("<f4", "(2, 3)", &data)).unwrap();
-            load_batches(&dir, 3).unwrap()
-        };
-        assert_eq!(batches[0][0].shape(), &[1, 2, 3]);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -242,7 +242,8 @@ struct QuantizeArgs {
     /// Input shape for forward passes when the model leaves dimensions open, e.g. 1,3,48,192.
     #[arg(long, value_name = "N,C,H,W")]
     input_shape: Option<String>,
-    /// Directory of float32 .npy inputs for --act-ranges calibrate.
+    /// Directory of your own inputs for --act-ranges calibrate: images (with the
+    /// preprocessing flags or --preset), float32 .npy arrays, or IDX files.
     #[arg(long, value_name = "DIR")]
     calibrate: Option<PathBuf>,
     /// Calibration range: max|x|, or a percentile of |x| with --percentile.
@@ -476,21 +477,12 @@ fn quantize(args: QuantizeArgs) -> isquant::Result<ExitCode> {
     let original = loaded.model.clone();
     let size_before = isquant::onnx::io::encode_model(&original.to_proto()).len();
     let calibration = match &args.calibrate {
-        Some(dir) => {
-            let rank = original
-                .graph
-                .real_inputs()
-                .first()
-                .and_then(|i| i.r#type.as_ref())
-                .and_then(|t| match &t.value {
-                    Some(isquant::onnx::pb::type_proto::Value::TensorType(tt)) => {
-                        tt.shape.as_ref().map(|s| s.dim.len())
-                    }
-                    _ => None,
-                })
-                .unwrap_or(4);
-            Some(isquant::data::load_batches(dir, rank)?)
-        }
+        Some(dir) => Some(calibration_batches(
+            &original,
+            dir,
+            &args.inputs,
+            cfg.input_shape.as_deref(),
+        )?),
         None => None,
     };
     let mut model = loaded.model.clone();
@@ -813,7 +805,6 @@ fn run_validation(
     a: &InputArgs,
     input_shape: Option<&[usize]>,
 ) -> isquant::Result<ExitCode> {
-    use isquant::inputs::{self, Kind};
     let p = preprocess(a)?;
     let dims = match input_shape {
         Some(s) => s.iter().map(|&d| Some(d)).collect(),
@@ -829,86 +820,7 @@ fn run_validation(
     } else {
         None
     };
-    let files = inputs::expand(paths)?;
-    let synthetic = files.is_empty();
-    let mut samples = Vec::new();
-    if synthetic {
-        if dims.iter().skip(1).any(Option::is_none) || dims.is_empty() {
-            return Err(isquant::Error::Config(
-                "the model input has open dimensions: give inputs, or --input-shape to quantize"
-                    .into(),
-            ));
-        }
-        let shape: Vec<usize> = dims.iter().skip(1).map(|d| d.unwrap_or(1)).collect();
-        let (lo, hi) = a.preset.as_deref().map_or((-1.0, 1.0), preset_range);
-        samples = inputs::synthetic(&shape, a.synthetic.max(1), lo, hi);
-    }
-    let re = a
-        .label_regex
-        .as_deref()
-        .map(regex::Regex::new)
-        .transpose()
-        .map_err(|e| isquant::Error::Config(format!("--label-regex: {e}")))?;
-    for f in &files {
-        let name = f
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        match inputs::kind(f) {
-            Some(Kind::Image) => samples.push(inputs::Sample {
-                tensor: inputs::load_image(f, &p, model_hw)?,
-                label: re
-                    .as_ref()
-                    .and_then(|re| inputs::label_from_name(&name, re)),
-                name,
-            }),
-            Some(Kind::Npy) => {
-                let t = isquant::data::read_npy(f)?;
-                let t = if t.ndim() == dims.len() && t.shape().first() == Some(&1) {
-                    t.index_axis_move(ndarray::Axis(0), 0)
-                } else {
-                    t
-                };
-                samples.push(inputs::Sample {
-                    tensor: t,
-                    label: re
-                        .as_ref()
-                        .and_then(|re| inputs::label_from_name(&name, re)),
-                    name,
-                });
-            }
-            Some(Kind::Idx) => samples.extend(inputs::load_idx_images(f, &p, a.limit)?),
-            None => {
-                return Err(isquant::Error::Config(format!(
-                    "{} is not an image (.jpg/.png), .npy or IDX file",
-                    f.display()
-                )))
-            }
-        }
-    }
-    if let Some(l) = a.limit {
-        samples.truncate(l);
-    }
-    if let Some(lp) = &a.labels {
-        let labels = load_labels(lp, &samples)?;
-        for (s, l) in samples.iter_mut().zip(labels) {
-            if l.is_some() {
-                s.label = l;
-            }
-        }
-    }
-    let expected: Vec<usize> = dims.iter().skip(1).filter_map(|d| *d).collect();
-    if let Some(s) = samples.first() {
-        let open = dims.iter().skip(1).any(Option::is_none);
-        if !open && s.tensor.shape() != expected.as_slice() {
-            return Err(isquant::Error::Config(format!(
-                "input `{}` has shape {:?} after preprocessing, but the model expects {:?} (check --resize/--crop/--gray/--layout)",
-                s.name,
-                s.tensor.shape(),
-                expected
-            )));
-        }
-    }
+    let (samples, synthetic) = load_samples(paths, a, &dims, &p, model_hw)?;
     let batch = a.batch.unwrap_or(match dims.first() {
         Some(Some(b)) => *b,
         _ => 16,
@@ -1087,4 +999,147 @@ fn save_tensors(
         })
         .collect();
     isquant::onnx::io::write_atomic(&dir.join("labels.txt"), labels.as_bytes())
+}
+
+/// Loads inputs from files/folders (or synthetic ones when none are given), applies the limit,
+/// labels and a shape check. Returns the samples and whether they are synthetic.
+fn load_samples(
+    paths: &[PathBuf],
+    a: &InputArgs,
+    dims: &[Option<usize>],
+    p: &isquant::inputs::Preprocess,
+    model_hw: Option<(u32, u32)>,
+) -> isquant::Result<(Vec<isquant::inputs::Sample>, bool)> {
+    use isquant::inputs::{self, Kind};
+    let p = p.clone();
+    let files = inputs::expand(paths)?;
+    let synthetic = files.is_empty();
+    let mut samples = Vec::new();
+    if synthetic {
+        if dims.iter().skip(1).any(Option::is_none) || dims.is_empty() {
+            return Err(isquant::Error::Config(
+                "the model input has open dimensions: give inputs, or --input-shape to quantize"
+                    .into(),
+            ));
+        }
+        let shape: Vec<usize> = dims.iter().skip(1).map(|d| d.unwrap_or(1)).collect();
+        let (lo, hi) = a.preset.as_deref().map_or((-1.0, 1.0), preset_range);
+        samples = inputs::synthetic(&shape, a.synthetic.max(1), lo, hi);
+    }
+    let re = a
+        .label_regex
+        .as_deref()
+        .map(regex::Regex::new)
+        .transpose()
+        .map_err(|e| isquant::Error::Config(format!("--label-regex: {e}")))?;
+    for f in &files {
+        let name = f
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        match inputs::kind(f) {
+            Some(Kind::Image) => samples.push(inputs::Sample {
+                tensor: inputs::load_image(f, &p, model_hw)?,
+                label: re
+                    .as_ref()
+                    .and_then(|re| inputs::label_from_name(&name, re)),
+                name,
+            }),
+            Some(Kind::Npy) => {
+                let t = isquant::data::read_npy(f)?;
+                let t = if t.ndim() == dims.len() && t.shape().first() == Some(&1) {
+                    t.index_axis_move(ndarray::Axis(0), 0)
+                } else {
+                    t
+                };
+                samples.push(inputs::Sample {
+                    tensor: t,
+                    label: re
+                        .as_ref()
+                        .and_then(|re| inputs::label_from_name(&name, re)),
+                    name,
+                });
+            }
+            Some(Kind::Idx) => samples.extend(inputs::load_idx_images(f, &p, a.limit)?),
+            None => {
+                return Err(isquant::Error::Config(format!(
+                    "{} is not an image (.jpg/.png), .npy or IDX file",
+                    f.display()
+                )))
+            }
+        }
+    }
+    if let Some(l) = a.limit {
+        samples.truncate(l);
+    }
+    if let Some(lp) = &a.labels {
+        let labels = load_labels(lp, &samples)?;
+        for (s, l) in samples.iter_mut().zip(labels) {
+            if l.is_some() {
+                s.label = l;
+            }
+        }
+    }
+    let expected: Vec<usize> = dims.iter().skip(1).filter_map(|d| *d).collect();
+    if let Some(s) = samples.first() {
+        let open = dims.iter().skip(1).any(Option::is_none);
+        if !open && s.tensor.shape() != expected.as_slice() {
+            return Err(isquant::Error::Config(format!(
+                "input `{}` has shape {:?} after preprocessing, but the model expects {:?} (check --resize/--crop/--gray/--layout)",
+                s.name,
+                s.tensor.shape(),
+                expected
+            )));
+        }
+    }
+    Ok((samples, synthetic))
+}
+
+/// Calibration inputs (images with the preprocessing flags, `.npy`, IDX) as batches of 8.
+fn calibration_batches(
+    model: &isquant::graph::Model,
+    dir: &Path,
+    a: &InputArgs,
+    input_shape: Option<&[usize]>,
+) -> isquant::Result<Vec<Vec<ndarray::ArrayD<f32>>>> {
+    let p = preprocess(a)?;
+    let dims: Vec<Option<usize>> = match input_shape {
+        Some(s) => s.iter().map(|&d| Some(d)).collect(),
+        None => input_dims(model)?,
+    };
+    let model_hw = model_hw(&dims, &p);
+    let (samples, synthetic) = load_samples(&[dir.to_path_buf()], a, &dims, &p, model_hw)?;
+    if synthetic || samples.is_empty() {
+        return Err(isquant::Error::Config(format!(
+            "{} holds no calibration inputs (images, .npy or IDX files)",
+            dir.display()
+        )));
+    }
+    let per = match dims.first() {
+        Some(Some(b)) => *b,
+        _ => 8,
+    };
+    samples
+        .chunks(per)
+        .map(|c| {
+            let views: Vec<_> = c.iter().map(|s| s.tensor.view()).collect();
+            ndarray::stack(ndarray::Axis(0), &views)
+                .map(|b| vec![b])
+                .map_err(|e| {
+                    isquant::Error::Config(format!("calibration inputs differ in shape: {e}"))
+                })
+        })
+        .collect()
+}
+
+fn model_hw(dims: &[Option<usize>], p: &isquant::inputs::Preprocess) -> Option<(u32, u32)> {
+    if dims.len() != 4 {
+        return None;
+    }
+    let (h, w) = if p.nhwc {
+        (dims[1], dims[2])
+    } else {
+        (dims[2], dims[3])
+    };
+    h.zip(w).map(|(h, w)| (h as u32, w as u32))
 }

@@ -468,5 +468,9 @@ fn calibration_with_user_npy_inputs() {
         empty.to_str().unwrap(),
     ]);
     assert_eq!(r.code, 2);
-    assert!(r.stderr.contains("holds no .npy files"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("holds no calibration inputs"),
+        "{}",
+        r.stderr
+    );
 }

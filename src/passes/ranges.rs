@@ -740,15 +740,26 @@ pub fn observe(
         })
         .collect();
     let bytes = crate::onnx::io::encode_model(&m.to_proto());
-    let Some(first) = batches.first() else {
+    if batches.is_empty() {
         return Ok(BTreeMap::new());
-    };
-    let shapes: Vec<Vec<usize>> = first.iter().map(|a| a.shape().to_vec()).collect();
-    let runner =
-        crate::validate::TractModel::load(crate::validate::Source::Bytes(&bytes), &shapes)?;
+    }
+    // One optimized plan per distinct batch shape (a short last batch gets its own).
+    let mut plans: Vec<(Vec<Vec<usize>>, crate::validate::TractModel)> = Vec::new();
     let mut out: BTreeMap<String, Observed> = BTreeMap::new();
     for (b, batch) in batches.iter().enumerate() {
-        let results = runner.run(batch)?;
+        let shapes: Vec<Vec<usize>> = batch.iter().map(|a| a.shape().to_vec()).collect();
+        let k = match plans.iter().position(|(s, _)| *s == shapes) {
+            Some(k) => k,
+            None => {
+                let m = crate::validate::TractModel::load(
+                    crate::validate::Source::Bytes(&bytes),
+                    &shapes,
+                )?;
+                plans.push((shapes, m));
+                plans.len() - 1
+            }
+        };
+        let results = plans[k].1.run(batch)?;
         for (name, r) in values.iter().zip(&results) {
             out.entry(name.clone()).or_default().add(r, sample_stride);
         }
