@@ -249,9 +249,15 @@ struct QuantizeArgs {
     /// Calibration range: max|x|, or a percentile of |x| with --percentile.
     #[arg(long)]
     percentile: Option<f64>,
-    /// Output format (more formats later).
-    #[arg(long, default_value = "convinteger", value_parser = ["convinteger"])]
-    format: String,
+    /// Output format: convinteger (QuantizeLinear + ConvInteger/MatMulInteger: tract, ONNX
+    /// Runtime >= 1.24), convinteger-u8 (the same re-encoded for every ONNX Runtime version),
+    /// qdq (QuantizeLinear/DequantizeLinear around float ops: TensorRT, fast ONNX Runtime).
+    #[arg(long, value_parser = ["convinteger", "convinteger-u8", "qdq"])]
+    format: Option<String>,
+    /// Pick the format for a runtime: tract, ort (QDQ: fused QLinearConv), ort-legacy
+    /// (convinteger-u8), tensorrt (QDQ, int8 only).
+    #[arg(long, value_parser = ["tract", "ort", "ort-legacy", "tensorrt"])]
+    target: Option<String>,
     /// Write the JSON report (per-layer scales, flips, ranges, skipped nodes) here.
     #[arg(long, value_name = "FILE.json")]
     report: Option<PathBuf>,
@@ -452,7 +458,33 @@ fn quantize(args: QuantizeArgs) -> isquant::Result<ExitCode> {
             )));
         }
     }
+    use isquant::passes::emit::Format;
+    let format = match (args.format.as_deref(), args.target.as_deref()) {
+        (Some(f), Some(t)) => {
+            let implied = match t {
+                "tract" => "convinteger",
+                "ort-legacy" => "convinteger-u8",
+                _ => "qdq",
+            };
+            if f != implied {
+                return Err(isquant::Error::Config(format!(
+                    "--format {f} contradicts --target {t} (which means --format {implied})"
+                )));
+            }
+            f
+        }
+        (Some(f), None) => f,
+        (None, Some("ort" | "tensorrt")) => "qdq",
+        (None, Some("ort-legacy")) => "convinteger-u8",
+        (None, _) => "convinteger",
+    };
+    let format = match format {
+        "qdq" => Format::Qdq,
+        "convinteger-u8" => Format::ConvIntegerU8,
+        _ => Format::ConvInteger,
+    };
     let cfg = QuantizeConfig {
+        format,
         weight_bits: args.weight_bits,
         act_bits: args.act_bits,
         rounding,

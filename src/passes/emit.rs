@@ -1,36 +1,73 @@
-//! Lower quantized layers to ONNX integer ops (`--format convinteger`).
+//! Lower quantized layers to ONNX ops, in one of three formats (`--format`).
 //!
-//! For a layer with a quantized activation input (scale `s_x`, zero-point 0, uint8 when the
-//! input is non-negative, else int8) and int8 weights (`s_w`, zero-point 0):
+//! Every layer has int8 weights `W_q` (scale `s_w`, zero-point 0). A layer whose activation
+//! input is quantized (scale `s_x`, zero-point 0) becomes:
 //!
+//! **`convinteger`** (default; integer arithmetic in tract and ONNX Runtime ≥ 1.24):
 //! ```text
 //! Conv:    [Clip] → QuantizeLinear(x, s_x, zp) → ConvInteger(x_q, W_q) → Cast(FLOAT)
 //!          → Mul(s_x·s_w) → Add(b as [1, C, 1, …])
-//! Gemm:    [Clip] → QuantizeLinear(A) → MatMulInteger(A_q, B_q as [K, N]) → Cast
-//!          → Mul(alpha·s_x·s_w) → Add(beta·C)
-//! MatMul:  [Clip] → QuantizeLinear(A) → MatMulInteger(A_q, B_q) → Cast → Mul(s_x·s_w)
+//! Gemm:    … → MatMulInteger(A_q, B_q as [K, N]) → Cast → Mul(alpha·s_x·s_w) → Add(beta·C)
+//! MatMul:  … → MatMulInteger(A_q, B_q) → Cast → Mul(s_x·s_w)
 //! ```
+//! Activations are uint8 (zero-point 0) when non-negative, else int8 (zero-point 0).
+//!
+//! **`convinteger-u8`** (every ONNX Runtime version): the same graph re-encoded losslessly for
+//! the kernels old runtimes have: signed activations become uint8 with zero-point 128
+//! (`q + 128`), ConvInteger weights become uint8 with zero-point 128, MatMulInteger keeps
+//! int8 weights (u8 × s8).
+//!
+//! **`qdq`** (TensorRT, ONNX Runtime's fused QLinearConv): the float ops stay and read
+//! `DequantizeLinear` outputs: weights `DQ(W_q, s_w, 0)`, activations
+//! `Q(x, s_x, 0) → DQ` (int8 only, one DQ per consumer), Conv/Gemm bias as int32
+//! `round(b / (s_x·s_w))` behind `DQ(·, s_x·s_w, 0)`. When a layer's output reaches another
+//! quantized layer directly or through Relu / Clip(≥ 0), a `Q → DQ` with that layer's input
+//! scale is also put right after it, so runtimes fuse `DQ → Conv → Q` (negative values it
+//! clips are zeroed by the activation anyway).
 //!
 //! The last node writes the original output name, so consumers are untouched. Every
-//! QuantizeLinear gets an explicit zero-point initializer of the intended type (tract
-//! ignores `output_dtype`); one QuantizeLinear is shared by all layers reading the same
-//! value at the same scale. `Clip` is emitted only below 8 activation bits, to keep values
-//! inside the narrower grid.
+//! QuantizeLinear gets an explicit zero-point initializer of the intended type (tract ignores
+//! `output_dtype`); one QuantizeLinear is shared by all layers reading the same value at the
+//! same scale. `Clip` is emitted only below 8 activation bits.
 //!
-//! A layer whose input stays float (the model input with no known range, ConvTranspose,
-//! which has no integer op in ONNX, Gemm with `transA`) keeps int8 weights behind a
-//! `DequantizeLinear(W_q, s_w, 0)` and computes in float.
+//! A layer whose input stays float (the model input with no known range, ConvTranspose, Gemm
+//! with `transA`) keeps int8 weights behind `DequantizeLinear(W_q, s_w, 0)`.
 
 use std::collections::HashMap;
 
-use ndarray::{arr0, IxDyn};
+use ndarray::{arr0, ArrayD, IxDyn};
+use serde::Serialize;
 
 use super::weights::QuantizedWeight;
 use crate::error::Result;
 use crate::graph::names::NameGen;
-use crate::graph::{Model, Node};
+use crate::graph::{Graph, Model, Node};
 use crate::onnx::tensor::{from_array, from_f32, TensorData};
 use crate::onnx::{attrs, DataType};
+
+/// Output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Format {
+    /// QuantizeLinear + ConvInteger/MatMulInteger + rescale, int8/uint8 zero-point 0.
+    #[default]
+    ConvInteger,
+    /// The same, with uint8 zero-point 128 where ONNX Runtime < 1.24 needs it.
+    ConvIntegerU8,
+    /// QuantizeLinear/DequantizeLinear around float ops, int8 only.
+    Qdq,
+}
+
+impl Format {
+    /// The CLI name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::ConvInteger => "convinteger",
+            Format::ConvIntegerU8 => "convinteger-u8",
+            Format::Qdq => "qdq",
+        }
+    }
+}
 
 /// How a layer's activation input is quantized.
 #[derive(Debug, Clone, PartialEq)]
@@ -39,7 +76,7 @@ pub struct ActQuant {
     pub value: String,
     /// Scale `s_x`.
     pub scale: f32,
-    /// uint8 (non-negative input) or int8.
+    /// Non-negative input encoded as uint8 (otherwise int8).
     pub unsigned: bool,
     /// Clip bounds applied before quantizing (only below 8 bits).
     pub clip: Option<(f32, f32)>,
@@ -52,230 +89,460 @@ pub struct LayerPlan {
     pub node: usize,
     /// The quantized weight (ONNX layout of the original weight).
     pub weight: QuantizedWeight,
-    /// The activation input, when the layer runs in integers.
+    /// The activation input, when the layer runs quantized.
     pub act: Option<ActQuant>,
 }
 
-fn scalar_f32(name: &str, v: f32) -> crate::onnx::pb::TensorProto {
-    from_array(name, &TensorData::F32(arr0(v).into_dyn()))
+/// Zero-point encodings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Zp {
+    I8,
+    U8,
+    U8Mid,
+    I32,
 }
 
-/// Rewrites the planned layers. Nodes must be in topological order.
+struct Emitter<'a> {
+    graph: &'a mut Graph,
+    names: NameGen,
+    opset: i64,
+    format: Format,
+    nodes: Vec<Node>,
+    /// (value, scale bits, zero-point) → quantized value name.
+    shared_q: HashMap<(String, u32, Zp), (String, String, String)>,
+    zps: HashMap<Zp, String>,
+}
+
+impl Emitter<'_> {
+    fn scalar_f32(&mut self, base: &str, suffix: &str, v: f32) -> String {
+        let name = self.names.fresh(base, suffix);
+        self.graph
+            .set_initializer(from_array(&name, &TensorData::F32(arr0(v).into_dyn())));
+        name
+    }
+
+    /// One shared zero-point initializer per encoding.
+    fn zero_point(&mut self, zp: Zp) -> String {
+        if let Some(n) = self.zps.get(&zp) {
+            return n.clone();
+        }
+        let (suffix, data) = match zp {
+            Zp::I8 => ("int8", TensorData::I8(arr0(0i8).into_dyn())),
+            Zp::U8 => ("uint8", TensorData::U8(arr0(0u8).into_dyn())),
+            Zp::U8Mid => ("uint8_128", TensorData::U8(arr0(128u8).into_dyn())),
+            Zp::I32 => ("int32", TensorData::I32(arr0(0i32).into_dyn())),
+        };
+        let name = self.names.fresh("isquant_zero_point_", suffix);
+        self.graph.set_initializer(from_array(&name, &data));
+        self.zps.insert(zp, name.clone());
+        name
+    }
+
+    fn node(&mut self, op: &str, base: &str, suffix: &str, inputs: Vec<String>, out: String) {
+        let name = self.names.fresh(base, suffix);
+        self.nodes.push(Node::new(op, name, inputs, vec![out]));
+    }
+
+    fn act_zp(&self, act: &ActQuant) -> Zp {
+        match (self.format, act.unsigned) {
+            (Format::Qdq, _) => Zp::I8,
+            (_, true) => Zp::U8,
+            (Format::ConvIntegerU8, false) => Zp::U8Mid,
+            (Format::ConvInteger, false) => Zp::I8,
+        }
+    }
+
+    /// `[Clip] → QuantizeLinear`, shared per (value, scale, zero-point). Returns the
+    /// quantized value and the names of its scale and zero-point.
+    fn quantize(&mut self, act: &ActQuant, base: &str) -> (String, String, String) {
+        let zp = self.act_zp(act);
+        let key = (act.value.clone(), act.scale.to_bits(), zp);
+        if let Some(q) = self.shared_q.get(&key) {
+            return q.clone();
+        }
+        let mut x = act.value.clone();
+        if let Some((lo, hi)) = act.clip {
+            let clipped = self.names.fresh(&act.value, "_clipped");
+            let name = self.names.fresh(base, "_input_clip");
+            let mut clip = Node::new("Clip", name, vec![x], vec![clipped.clone()]);
+            if self.opset >= 11 {
+                let lo_n = self.scalar_f32(&act.value, "_clip_min", lo);
+                let hi_n = self.scalar_f32(&act.value, "_clip_max", hi);
+                clip.inputs.extend([lo_n, hi_n]);
+            } else {
+                clip = clip
+                    .with_attr(attrs::make_float("min", lo))
+                    .with_attr(attrs::make_float("max", hi));
+            }
+            self.nodes.push(clip);
+            x = clipped;
+        }
+        let s = self.scalar_f32(&act.value, "_scale", act.scale);
+        let z = self.zero_point(zp);
+        let q = self.names.fresh(&act.value, "_quantized");
+        self.node(
+            "QuantizeLinear",
+            base,
+            "_input_quantize",
+            vec![x, s.clone(), z.clone()],
+            q.clone(),
+        );
+        let out = (q, s, z);
+        self.shared_q.insert(key, out.clone());
+        out
+    }
+
+    fn dequantize(&mut self, q: &str, s: &str, z: &str, base: &str, suffix: &str) -> String {
+        let out = self.names.fresh(q, "_dequantized");
+        self.node(
+            "DequantizeLinear",
+            base,
+            suffix,
+            vec![q.to_string(), s.to_string(), z.to_string()],
+            out.clone(),
+        );
+        out
+    }
+}
+
+fn base_name(node: &Node) -> String {
+    if node.name.is_empty() {
+        node.outputs.first().cloned().unwrap_or_default()
+    } else {
+        node.name.clone()
+    }
+}
+
+fn conv_attrs(node: &Node, target: &mut Node) {
+    for a in &node.attributes {
+        let keep = matches!(
+            a.name.as_deref(),
+            Some("auto_pad" | "dilations" | "group" | "kernel_shape" | "pads" | "strides")
+        );
+        if keep {
+            target.attributes.push(a.clone());
+        }
+    }
+}
+
+/// For `qdq`: a layer output `y` gets `Q → DQ` with scale `s` when it feeds quantized layers
+/// whose inputs all have scale `s`, directly or through one Relu / Clip(≥ 0).
+fn output_scales(graph: &Graph, plans: &[LayerPlan]) -> HashMap<String, f32> {
+    let consumers = graph.consumers();
+    let input_scale: HashMap<(usize, &str), f32> = plans
+        .iter()
+        .filter_map(|p| {
+            p.act
+                .as_ref()
+                .map(|a| ((p.node, a.value.as_str()), a.scale))
+        })
+        .collect();
+    let scale_of_readers = |v: &str| -> Option<f32> {
+        let readers = consumers.get(v)?;
+        let mut s = None;
+        for &r in readers {
+            let sc = *input_scale.get(&(r, v))?;
+            if s.is_some_and(|x: f32| x.to_bits() != sc.to_bits()) {
+                return None;
+            }
+            s = Some(sc);
+        }
+        s
+    };
+    let mut out = HashMap::new();
+    for p in plans.iter().filter(|p| p.act.is_some()) {
+        let Some(y) = graph.nodes[p.node].outputs.first() else {
+            continue;
+        };
+        let Some(readers) = consumers.get(y.as_str()) else {
+            continue;
+        };
+        if scale_of_readers(y).is_some() {
+            // The readers' own QuantizeLinear follows directly.
+            continue;
+        }
+        let [r] = readers.as_slice() else { continue };
+        let act = &graph.nodes[*r];
+        let clamps_negative = act.is("Relu")
+            || (act.is("Clip")
+                && act
+                    .input(1)
+                    .and_then(|m| {
+                        let prod = graph.producers();
+                        graph.constant_f32(m, &prod).ok().flatten()
+                    })
+                    .and_then(|a| a.iter().next().copied())
+                    .is_some_and(|lo| lo >= 0.0));
+        if !clamps_negative {
+            continue;
+        }
+        if let Some(s) = act.outputs.first().and_then(|o| scale_of_readers(o)) {
+            out.insert(y.clone(), s);
+        }
+    }
+    out
+}
+
+/// Rewrites the planned layers in `format`. Nodes must be in topological order.
 ///
 /// # Errors
 /// Malformed layers (missing weight, bias of the wrong size).
-pub fn emit_conv_integer(model: &mut Model, plans: &[LayerPlan]) -> Result<()> {
-    model.require_opset(10);
+pub fn emit(model: &mut Model, plans: &[LayerPlan], format: Format) -> Result<()> {
+    model.require_opset(if format == Format::Qdq { 13 } else { 10 });
     let opset = model.opset().unwrap_or(10);
     let graph = &mut model.graph;
-    let producers: HashMap<String, usize> = graph
-        .producers()
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect();
-    let mut names = NameGen::new(graph.taken_names());
-    // Bias constants are read before the node list is taken apart.
-    let mut biases: HashMap<usize, Option<ndarray::ArrayD<f32>>> = HashMap::new();
+    // Everything read from the graph is read before the node list is taken apart.
+    let mut biases: HashMap<usize, Option<ArrayD<f32>>> = HashMap::new();
     {
-        let prod_ref: HashMap<&str, usize> =
-            producers.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+        let producers = graph.producers();
         for p in plans {
             if let Some(b) = graph.nodes.get(p.node).and_then(|n| n.input(2)) {
-                biases.insert(p.node, graph.constant_f32(b, &prod_ref)?);
+                biases.insert(p.node, graph.constant_f32(b, &producers)?);
             }
         }
     }
+    let out_scales = if format == Format::Qdq {
+        output_scales(graph, plans)
+    } else {
+        HashMap::new()
+    };
     let by_node: HashMap<usize, &LayerPlan> = plans.iter().map(|p| (p.node, p)).collect();
-    let mut shared_q: HashMap<(String, u32, bool), String> = HashMap::new();
     let old_nodes = std::mem::take(&mut graph.nodes);
-    let mut new_nodes: Vec<Node> = Vec::with_capacity(old_nodes.len() + plans.len() * 5);
+    let names = NameGen::new(graph.taken_names());
+    let mut e = Emitter {
+        graph,
+        names,
+        opset,
+        format,
+        nodes: Vec::with_capacity(old_nodes.len() + plans.len() * 6),
+        shared_q: HashMap::new(),
+        zps: HashMap::new(),
+    };
     for (i, node) in old_nodes.into_iter().enumerate() {
         let Some(plan) = by_node.get(&i) else {
-            new_nodes.push(node);
+            e.nodes.push(node);
             continue;
         };
-        let base = if node.name.is_empty() {
-            node.outputs.first().cloned().unwrap_or_default()
-        } else {
-            node.name.clone()
-        };
-        let w_name = node.input(1).unwrap_or("w").to_string();
-        let q_name = names.fresh(&w_name, "_quantized");
-        let integer =
-            plan.act.is_some() && (node.is("Conv") || node.is("Gemm") || node.is("MatMul"));
-        let trans_b = node.is("Gemm") && node.attr_int("transB")?.unwrap_or(0) != 0;
-        // MatMulInteger needs B as [K, N]: store Gemm transB=1 weights transposed.
-        let q = if integer && trans_b {
-            plan.weight.q.t().to_owned().into_dyn()
-        } else {
-            plan.weight.q.clone()
-        };
-        graph.set_initializer(from_array(&q_name, &TensorData::I8(q)));
-        let Some(act) = plan.act.as_ref().filter(|_| integer) else {
-            // Weight-only: DequantizeLinear feeding the float op.
-            let s_name = names.fresh(&w_name, "_scale");
-            let zp_name = names.fresh(&w_name, "_zero_point");
-            let dq_out = names.fresh(&w_name, "_dequantized");
-            graph.set_initializer(scalar_f32(&s_name, plan.weight.scale));
-            graph.set_initializer(from_array(&zp_name, &TensorData::I8(arr0(0i8).into_dyn())));
-            new_nodes.push(Node::new(
-                "DequantizeLinear",
-                names.fresh(&base, "_weight_dequantize"),
-                vec![q_name, s_name, zp_name],
-                vec![dq_out.clone()],
-            ));
-            let mut node = node;
-            node.inputs[1] = dq_out;
-            new_nodes.push(node);
-            continue;
-        };
-        let out = node.outputs.first().cloned().unwrap_or_default();
-        // 1. (Clip) + QuantizeLinear, shared per (value, scale, type).
-        let key = (act.value.clone(), act.scale.to_bits(), act.unsigned);
-        let x_q = match shared_q.get(&key) {
-            Some(x_q) => x_q.clone(),
-            None => {
-                let mut x = act.value.clone();
-                if let Some((lo, hi)) = act.clip {
-                    let clipped = names.fresh(&act.value, "_clipped");
-                    let mut clip = Node::new(
-                        "Clip",
-                        names.fresh(&base, "_input_clip"),
-                        vec![x],
-                        vec![clipped.clone()],
-                    );
-                    if opset >= 11 {
-                        let lo_n = names.fresh(&act.value, "_clip_min");
-                        let hi_n = names.fresh(&act.value, "_clip_max");
-                        graph.set_initializer(scalar_f32(&lo_n, lo));
-                        graph.set_initializer(scalar_f32(&hi_n, hi));
-                        clip.inputs.extend([lo_n, hi_n]);
-                    } else {
-                        clip = clip
-                            .with_attr(attrs::make_float("min", lo))
-                            .with_attr(attrs::make_float("max", hi));
-                    }
-                    new_nodes.push(clip);
-                    x = clipped;
-                }
-                let s_name = names.fresh(&act.value, "_scale");
-                let zp_name = names.fresh(&act.value, "_zero_point");
-                let x_q = names.fresh(&act.value, "_quantized");
-                graph.set_initializer(scalar_f32(&s_name, act.scale));
-                let zp = if act.unsigned {
-                    TensorData::U8(arr0(0u8).into_dyn())
-                } else {
-                    TensorData::I8(arr0(0i8).into_dyn())
-                };
-                graph.set_initializer(from_array(&zp_name, &zp));
-                new_nodes.push(Node::new(
-                    "QuantizeLinear",
-                    names.fresh(&base, "_input_quantize"),
-                    vec![x, s_name, zp_name],
-                    vec![x_q.clone()],
-                ));
-                shared_q.insert(key, x_q.clone());
-                x_q
+        let bias = biases.remove(&i).flatten();
+        let integer_op = node.is("Conv") || node.is("Gemm") || node.is("MatMul");
+        match plan.act.as_ref().filter(|_| integer_op) {
+            None => emit_weight_only(&mut e, node, plan)?,
+            Some(act) if format == Format::Qdq => {
+                let out_scale = node
+                    .outputs
+                    .first()
+                    .and_then(|o| out_scales.get(o))
+                    .copied();
+                emit_qdq(&mut e, node, plan, act, bias, out_scale)?;
             }
-        };
-        // 2. The integer op.
-        let acc = names.fresh(&out, "_int32");
-        let int_node = if node.is("Conv") {
-            let mut n = Node::new(
-                "ConvInteger",
-                names.fresh(&base, "_integer"),
-                vec![x_q, q_name],
-                vec![acc.clone()],
-            );
-            for a in &node.attributes {
-                let keep = matches!(
-                    a.name.as_deref(),
-                    Some("auto_pad" | "dilations" | "group" | "kernel_shape" | "pads" | "strides")
-                );
-                if keep {
-                    n.attributes.push(a.clone());
-                }
-            }
+            Some(act) => emit_integer(&mut e, node, plan, act, bias)?,
+        }
+    }
+    let nodes = std::mem::take(&mut e.nodes);
+    graph.nodes = nodes;
+    graph.remove_unused_initializers();
+    Ok(())
+}
+
+fn weight_dq(e: &mut Emitter<'_>, node: &Node, plan: &LayerPlan) -> String {
+    let base = base_name(node);
+    let w_name = node.input(1).unwrap_or("w").to_string();
+    let q_name = e.names.fresh(&w_name, "_quantized");
+    e.graph
+        .set_initializer(from_array(&q_name, &TensorData::I8(plan.weight.q.clone())));
+    let s = e.scalar_f32(&w_name, "_scale", plan.weight.scale);
+    let z = e.zero_point(Zp::I8);
+    e.dequantize(&q_name, &s, &z, &base, "_weight_dequantize")
+}
+
+fn emit_weight_only(e: &mut Emitter<'_>, mut node: Node, plan: &LayerPlan) -> Result<()> {
+    let w = weight_dq(e, &node, plan);
+    node.inputs[1] = w;
+    e.nodes.push(node);
+    Ok(())
+}
+
+fn gemm_alpha_beta(node: &Node) -> Result<(f64, f64)> {
+    Ok(if node.is("Gemm") {
+        (
+            f64::from(node.attr_float("alpha")?.unwrap_or(1.0)),
+            f64::from(node.attr_float("beta")?.unwrap_or(1.0)),
+        )
+    } else {
+        (1.0, 1.0)
+    })
+}
+
+fn emit_integer(
+    e: &mut Emitter<'_>,
+    node: Node,
+    plan: &LayerPlan,
+    act: &ActQuant,
+    bias: Option<ArrayD<f32>>,
+) -> Result<()> {
+    let base = base_name(&node);
+    let out = node.outputs.first().cloned().unwrap_or_default();
+    let w_name = node.input(1).unwrap_or("w").to_string();
+    let trans_b = node.is("Gemm") && node.attr_int("transB")?.unwrap_or(0) != 0;
+    // MatMulInteger needs B as [K, N]: Gemm transB=1 weights are stored transposed.
+    let q = if trans_b {
+        plan.weight.q.t().to_owned().into_dyn()
+    } else {
+        plan.weight.q.clone()
+    };
+    let (x_q, _, x_zp) = e.quantize(act, &base);
+    let q_name = e.names.fresh(&w_name, "_quantized");
+    let acc = e.names.fresh(&out, "_int32");
+    let int_name = e.names.fresh(&base, "_integer");
+    let int_node = if node.is("Conv") {
+        let mut inputs = vec![x_q, q_name.clone()];
+        if e.format == Format::ConvIntegerU8 {
+            // uint8 weights, zero-point 128: q + 128 (lossless).
+            let shifted = q.mapv(|v| (i16::from(v) + 128) as u8);
+            e.graph
+                .set_initializer(from_array(&q_name, &TensorData::U8(shifted)));
+            let w_zp = e.zero_point(Zp::U8Mid);
+            inputs.extend([x_zp, w_zp]);
+        } else {
+            e.graph
+                .set_initializer(from_array(&q_name, &TensorData::I8(q)));
+        }
+        let mut n = Node::new("ConvInteger", int_name, inputs, vec![acc.clone()]);
+        conv_attrs(&node, &mut n);
+        n
+    } else {
+        e.graph
+            .set_initializer(from_array(&q_name, &TensorData::I8(q)));
+        let mut inputs = vec![x_q, q_name];
+        if e.format == Format::ConvIntegerU8 {
+            inputs.push(x_zp);
+        }
+        Node::new("MatMulInteger", int_name, inputs, vec![acc.clone()])
+    };
+    e.nodes.push(int_node);
+    let acc_f = e.names.fresh(&out, "_float");
+    let cast_name = e.names.fresh(&base, "_cast");
+    e.nodes.push(
+        Node::new("Cast", cast_name, vec![acc], vec![acc_f.clone()])
+            .with_attr(attrs::make_int("to", DataType::Float as i64)),
+    );
+    let (alpha, beta) = gemm_alpha_beta(&node)?;
+    let rescale = (alpha * f64::from(act.scale) * f64::from(plan.weight.scale)) as f32;
+    let r_name = e.scalar_f32(&base, "_rescale", rescale);
+    let bias_name = node.input(2).map(str::to_string);
+    let mul_out = if bias_name.is_some() {
+        e.names.fresh(&out, "_rescaled")
+    } else {
+        out.clone()
+    };
+    e.node(
+        "Mul",
+        &base,
+        "_rescale",
+        vec![acc_f, r_name],
+        mul_out.clone(),
+    );
+    if let Some(b_name) = bias_name {
+        let b_input = if node.is("Conv") {
+            let values =
+                bias.ok_or_else(|| node.error(format!("bias `{b_name}` is not a constant")))?;
+            let c = values.len();
+            let rank = plan.weight.q.ndim().max(3);
+            let mut shape = vec![1usize; rank];
+            shape[1] = c;
+            let reshaped = values
+                .into_shape_with_order(IxDyn(&shape))
+                .map_err(|err| node.error(format!("bias `{b_name}`: {err}")))?;
+            let n = e.names.fresh(&b_name, "_broadcast");
+            e.graph.set_initializer(from_f32(&n, reshaped));
+            n
+        } else if beta != 1.0 {
+            let values =
+                bias.ok_or_else(|| node.error(format!("C `{b_name}` is not a constant")))?;
+            let n = e.names.fresh(&b_name, "_scaled");
+            e.graph
+                .set_initializer(from_f32(&n, values.mapv(|v| (f64::from(v) * beta) as f32)));
             n
         } else {
-            Node::new(
-                "MatMulInteger",
-                names.fresh(&base, "_integer"),
-                vec![x_q, q_name],
-                vec![acc.clone()],
-            )
+            b_name
         };
-        new_nodes.push(int_node);
-        // 3. Cast + rescale.
-        let acc_f = names.fresh(&out, "_float");
-        new_nodes.push(
-            Node::new(
-                "Cast",
-                names.fresh(&base, "_cast"),
-                vec![acc],
-                vec![acc_f.clone()],
-            )
-            .with_attr(attrs::make_int("to", DataType::Float as i64)),
-        );
-        let (alpha, beta) = if node.is("Gemm") {
-            (
-                f64::from(node.attr_float("alpha")?.unwrap_or(1.0)),
-                f64::from(node.attr_float("beta")?.unwrap_or(1.0)),
-            )
+        e.node("Add", &base, "_bias", vec![mul_out, b_input], out);
+    }
+    Ok(())
+}
+
+fn emit_qdq(
+    e: &mut Emitter<'_>,
+    mut node: Node,
+    plan: &LayerPlan,
+    act: &ActQuant,
+    bias: Option<ArrayD<f32>>,
+    out_scale: Option<f32>,
+) -> Result<()> {
+    let base = base_name(&node);
+    let (x_q, x_s, x_z) = e.quantize(act, &base);
+    let x_dq = e.dequantize(&x_q, &x_s, &x_z, &base, "_input_dequantize");
+    let w_dq = weight_dq(e, &node, plan);
+    node.inputs[0] = x_dq;
+    node.inputs[1] = w_dq;
+    let (alpha, beta) = gemm_alpha_beta(&node)?;
+    let bias_scale = alpha * f64::from(act.scale) * f64::from(plan.weight.scale);
+    // Bias as int32 behind a DequantizeLinear (what runtimes fuse), when it is a vector.
+    if let (Some(b_name), Some(values)) = (node.input(2).map(str::to_string), bias) {
+        let n_out = if node.is("Conv") {
+            plan.weight.q.shape().first().copied().unwrap_or(0)
         } else {
-            (1.0, 1.0)
+            values.len()
         };
-        let rescale = (alpha * f64::from(act.scale) * f64::from(plan.weight.scale)) as f32;
-        let r_name = names.fresh(&base, "_rescale");
-        graph.set_initializer(scalar_f32(&r_name, rescale));
-        // 4. Bias.
-        let bias_input = node.input(2).map(str::to_string);
-        let bias = bias_input
-            .as_ref()
-            .map(|b| (b.clone(), biases.remove(&i).flatten()));
-        let mul_out = if bias.is_some() {
-            names.fresh(&out, "_rescaled")
-        } else {
-            out.clone()
-        };
-        new_nodes.push(Node::new(
-            "Mul",
-            names.fresh(&base, "_rescale"),
-            vec![acc_f, r_name],
-            vec![mul_out.clone()],
-        ));
-        if let Some((b_name, values)) = bias {
-            let b_input = if node.is("Conv") {
-                let values = values
-                    .ok_or_else(|| node.error(format!("bias `{b_name}` is not a constant")))?;
-                let c = values.len();
-                let rank = plan.weight.q.ndim().max(3);
-                let mut shape = vec![1usize; rank];
-                shape[1] = c;
-                let reshaped = values
-                    .into_shape_with_order(IxDyn(&shape))
-                    .map_err(|e| node.error(format!("bias `{b_name}`: {e}")))?;
-                let n = names.fresh(&b_name, "_broadcast");
-                graph.set_initializer(from_f32(&n, reshaped));
-                n
-            } else if beta != 1.0 {
-                let values =
-                    values.ok_or_else(|| node.error(format!("C `{b_name}` is not a constant")))?;
-                let n = names.fresh(&b_name, "_scaled");
-                graph.set_initializer(from_f32(&n, values.mapv(|v| (f64::from(v) * beta) as f32)));
-                n
-            } else {
-                b_name
-            };
-            new_nodes.push(Node::new(
-                "Add",
-                names.fresh(&base, "_bias"),
-                vec![mul_out, b_input],
+        let vector =
+            values.len() == n_out && values.shape().iter().filter(|&&d| d != 1).count() <= 1;
+        if vector && bias_scale > 0.0 {
+            let q: Vec<i32> = values
+                .iter()
+                .map(|&b| {
+                    let v = (f64::from(b) * beta / bias_scale).round_ties_even();
+                    v.clamp(f64::from(i32::MIN), f64::from(i32::MAX)) as i32
+                })
+                .collect();
+            let q_name = e.names.fresh(&b_name, "_quantized");
+            let arr = ArrayD::from_shape_vec(IxDyn(&[q.len()]), q)
+                .map_err(|err| node.error(format!("bias `{b_name}`: {err}")))?;
+            e.graph
+                .set_initializer(from_array(&q_name, &TensorData::I32(arr)));
+            let s = e.scalar_f32(&b_name, "_scale", bias_scale as f32);
+            let z = e.zero_point(Zp::I32);
+            let b_dq = e.dequantize(&q_name, &s, &z, &base, "_bias_dequantize");
+            node.inputs[2] = b_dq;
+            if node.is("Gemm") && beta != 1.0 {
+                node.set_attr(attrs::make_float("beta", 1.0));
+            }
+        }
+    }
+    match out_scale {
+        None => e.nodes.push(node),
+        Some(s_out) => {
+            let out = node.outputs.first().cloned().unwrap_or_default();
+            let raw = e.names.fresh(&out, "_float");
+            node.outputs[0] = raw.clone();
+            e.nodes.push(node);
+            let s = e.scalar_f32(&out, "_scale", s_out);
+            let z = e.zero_point(Zp::I8);
+            let q = e.names.fresh(&out, "_quantized");
+            e.node(
+                "QuantizeLinear",
+                &base,
+                "_output_quantize",
+                vec![raw, s.clone(), z.clone()],
+                q.clone(),
+            );
+            let name = e.names.fresh(&base, "_output_dequantize");
+            e.nodes.push(Node::new(
+                "DequantizeLinear",
+                name,
+                vec![q, s, z],
                 vec![out],
             ));
         }
     }
-    graph.nodes = new_nodes;
-    graph.remove_unused_initializers();
     Ok(())
 }
