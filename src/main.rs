@@ -251,11 +251,12 @@ struct QuantizeArgs {
     percentile: Option<f64>,
     /// Output format: convinteger (QuantizeLinear + ConvInteger/MatMulInteger: tract, ONNX
     /// Runtime >= 1.24), convinteger-u8 (the same re-encoded for every ONNX Runtime version),
-    /// qdq (QuantizeLinear/DequantizeLinear around float ops: TensorRT, fast ONNX Runtime).
-    #[arg(long, value_parser = ["convinteger", "convinteger-u8", "qdq"])]
+    /// qdq (QuantizeLinear/DequantizeLinear around float ops, int8 only: TensorRT), qdq-u8
+    /// (the same with uint8 non-negative activations that absorb Relu/Clip: fast ONNX Runtime).
+    #[arg(long, value_parser = ["convinteger", "convinteger-u8", "qdq", "qdq-u8"])]
     format: Option<String>,
-    /// Pick the format for a runtime: tract, ort (QDQ: fused QLinearConv), ort-legacy
-    /// (convinteger-u8), tensorrt (QDQ, int8 only).
+    /// Pick the format for a runtime: tract (convinteger), ort (qdq-u8: fused QLinearConv),
+    /// ort-legacy (convinteger-u8), tensorrt (qdq, int8 only).
     #[arg(long, value_parser = ["tract", "ort", "ort-legacy", "tensorrt"])]
     target: Option<String>,
     /// Write the JSON report (per-layer scales, flips, ranges, skipped nodes) here.
@@ -464,6 +465,7 @@ fn quantize(args: QuantizeArgs) -> isquant::Result<ExitCode> {
             let implied = match t {
                 "tract" => "convinteger",
                 "ort-legacy" => "convinteger-u8",
+                "ort" => "qdq-u8",
                 _ => "qdq",
             };
             if f != implied {
@@ -474,12 +476,14 @@ fn quantize(args: QuantizeArgs) -> isquant::Result<ExitCode> {
             f
         }
         (Some(f), None) => f,
-        (None, Some("ort" | "tensorrt")) => "qdq",
+        (None, Some("ort")) => "qdq-u8",
+        (None, Some("tensorrt")) => "qdq",
         (None, Some("ort-legacy")) => "convinteger-u8",
         (None, _) => "convinteger",
     };
     let format = match format {
         "qdq" => Format::Qdq,
+        "qdq-u8" => Format::QdqU8,
         "convinteger-u8" => Format::ConvIntegerU8,
         _ => Format::ConvInteger,
     };

@@ -54,8 +54,12 @@ pub enum Format {
     ConvInteger,
     /// The same, with uint8 zero-point 128 where ONNX Runtime < 1.24 needs it.
     ConvIntegerU8,
-    /// QuantizeLinear/DequantizeLinear around float ops, int8 only.
+    /// QuantizeLinear/DequantizeLinear around float ops, int8 only (TensorRT's rules).
     Qdq,
+    /// The same for ONNX Runtime's CPU kernels: non-negative activations are uint8
+    /// (zero-point 0), so a Relu / Clip(0, c) right after a layer is absorbed by the uint8
+    /// QuantizeLinear's saturation and removed.
+    QdqU8,
 }
 
 impl Format {
@@ -65,7 +69,13 @@ impl Format {
             Format::ConvInteger => "convinteger",
             Format::ConvIntegerU8 => "convinteger-u8",
             Format::Qdq => "qdq",
+            Format::QdqU8 => "qdq-u8",
         }
+    }
+
+    /// Whether the format is Q/DQ around float ops.
+    pub fn is_qdq(self) -> bool {
+        matches!(self, Format::Qdq | Format::QdqU8)
     }
 }
 
@@ -91,6 +101,9 @@ pub struct LayerPlan {
     pub weight: QuantizedWeight,
     /// The activation input, when the layer runs quantized.
     pub act: Option<ActQuant>,
+    /// `qdq` only: scale of the layer's own output range, used for the `Q → DQ` after it
+    /// when no quantized reader supplies one.
+    pub own_output_scale: Option<f32>,
 }
 
 /// Zero-point encodings.
@@ -145,7 +158,8 @@ impl Emitter<'_> {
 
     fn act_zp(&self, act: &ActQuant) -> Zp {
         match (self.format, act.unsigned) {
-            (Format::Qdq, _) => Zp::I8,
+            (Format::Qdq, _) | (Format::QdqU8, false) => Zp::I8,
+            (Format::QdqU8, true) => Zp::U8,
             (_, true) => Zp::U8,
             (Format::ConvIntegerU8, false) => Zp::U8Mid,
             (Format::ConvInteger, false) => Zp::I8,
@@ -225,30 +239,68 @@ fn conv_attrs(node: &Node, target: &mut Node) {
     }
 }
 
-/// For `qdq`: a layer output `y` gets `Q → DQ` with scale `s` when it feeds quantized layers
-/// whose inputs all have scale `s`, directly or through one Relu / Clip(≥ 0).
-fn output_scales(graph: &Graph, plans: &[LayerPlan]) -> HashMap<String, f32> {
+/// The `Q → DQ` put right after a layer output (`qdq`, `qdq-u8`).
+#[derive(Debug, Clone, PartialEq)]
+struct OutQ {
+    scale: f32,
+    unsigned: bool,
+    /// An activation (Relu / Clip) right after the layer that the uint8 Q makes redundant:
+    /// its node index, and its output (which the DQ then writes).
+    absorb: Option<(usize, String)>,
+}
+
+/// For Q/DQ formats: the `Q → DQ` after each layer output `y`, so runtimes see
+/// `DQ → Conv → Q`. Scale, in order of preference: the input scale of the quantized layers
+/// reading `y` directly (they then share this QuantizeLinear: one Q per tensor); the input
+/// scale of the layers reading it through one Relu / Clip(≥ 0) (values it clips are zeroed by
+/// the activation anyway; with `qdq-u8` the uint8 Q *is* the activation, which is removed
+/// when its upper bound is not below the Q's); the layer's own output range. Graph outputs
+/// stay float.
+fn output_quants(graph: &Graph, plans: &[LayerPlan], format: Format) -> HashMap<String, OutQ> {
     let consumers = graph.consumers();
-    let input_scale: HashMap<(usize, &str), f32> = plans
+    let producers = graph.producers();
+    let input_q: HashMap<(usize, &str), (f32, bool)> = plans
         .iter()
         .filter_map(|p| {
             p.act
                 .as_ref()
-                .map(|a| ((p.node, a.value.as_str()), a.scale))
+                .map(|a| ((p.node, a.value.as_str()), (a.scale, a.unsigned)))
         })
         .collect();
-    let scale_of_readers = |v: &str| -> Option<f32> {
-        let readers = consumers.get(v)?;
-        let mut s = None;
-        for &r in readers {
-            let sc = *input_scale.get(&(r, v))?;
-            if s.is_some_and(|x: f32| x.to_bits() != sc.to_bits()) {
-                return None;
+    // The common input quantization of the quantized readers of `v`.
+    let readers_q = |v: &str| -> Option<(f32, bool)> {
+        let mut s: Option<(f32, bool)> = None;
+        for &r in consumers.get(v)? {
+            if let Some(&q) = input_q.get(&(r, v)) {
+                if s.is_some_and(|x| x.0.to_bits() != q.0.to_bits() || x.1 != q.1) {
+                    return None;
+                }
+                s = Some(q);
             }
-            s = Some(sc);
         }
         s
     };
+    // Lower and upper clamp of a Relu / Clip with a non-negative lower bound.
+    let clamp = |n: &Node| -> Option<f64> {
+        if n.is("Relu") {
+            return Some(f64::INFINITY);
+        }
+        if !n.is("Clip") {
+            return None;
+        }
+        let bound = |k: usize| {
+            n.input(k)
+                .and_then(|m| graph.constant_f32(m, &producers).ok().flatten())
+                .and_then(|a| a.iter().next().copied())
+                .map(f64::from)
+        };
+        let lo = bound(1).or(n.attr_float("min").ok().flatten().map(f64::from))?;
+        let hi = bound(2)
+            .or(n.attr_float("max").ok().flatten().map(f64::from))
+            .unwrap_or(f64::INFINITY);
+        (lo >= 0.0).then_some(hi)
+    };
+    let unsigned_ok = format == Format::QdqU8;
     let mut out = HashMap::new();
     for p in plans.iter().filter(|p| p.act.is_some()) {
         let Some(y) = graph.nodes[p.node].outputs.first() else {
@@ -257,27 +309,45 @@ fn output_scales(graph: &Graph, plans: &[LayerPlan]) -> HashMap<String, f32> {
         let Some(readers) = consumers.get(y.as_str()) else {
             continue;
         };
-        if scale_of_readers(y).is_some() {
-            // The readers' own QuantizeLinear follows directly.
+        if let Some((scale, unsigned)) = readers_q(y) {
+            out.insert(
+                y.clone(),
+                OutQ {
+                    scale,
+                    unsigned,
+                    absorb: None,
+                },
+            );
             continue;
         }
-        let [r] = readers.as_slice() else { continue };
-        let act = &graph.nodes[*r];
-        let clamps_negative = act.is("Relu")
-            || (act.is("Clip")
-                && act
-                    .input(1)
-                    .and_then(|m| {
-                        let prod = graph.producers();
-                        graph.constant_f32(m, &prod).ok().flatten()
-                    })
-                    .and_then(|a| a.iter().next().copied())
-                    .is_some_and(|lo| lo >= 0.0));
-        if !clamps_negative {
-            continue;
+        if let [r] = readers.as_slice() {
+            let act = &graph.nodes[*r];
+            if let (Some(hi), Some(a_out)) = (clamp(act), act.outputs.first()) {
+                if let Some((scale, unsigned)) = readers_q(a_out) {
+                    let q_hi = f64::from(scale) * 255.0;
+                    let absorb = (unsigned && unsigned_ok && q_hi <= hi + 1e-6 * hi.abs().max(1.0))
+                        .then(|| (*r, a_out.clone()));
+                    out.insert(
+                        y.clone(),
+                        OutQ {
+                            scale,
+                            unsigned: unsigned && unsigned_ok,
+                            absorb,
+                        },
+                    );
+                    continue;
+                }
+            }
         }
-        if let Some(s) = act.outputs.first().and_then(|o| scale_of_readers(o)) {
-            out.insert(y.clone(), s);
+        if let Some(scale) = p.own_output_scale {
+            out.insert(
+                y.clone(),
+                OutQ {
+                    scale,
+                    unsigned: false,
+                    absorb: None,
+                },
+            );
         }
     }
     out
@@ -288,7 +358,7 @@ fn output_scales(graph: &Graph, plans: &[LayerPlan]) -> HashMap<String, f32> {
 /// # Errors
 /// Malformed layers (missing weight, bias of the wrong size).
 pub fn emit(model: &mut Model, plans: &[LayerPlan], format: Format) -> Result<()> {
-    model.require_opset(if format == Format::Qdq { 13 } else { 10 });
+    model.require_opset(if format.is_qdq() { 13 } else { 10 });
     let opset = model.opset().unwrap_or(10);
     let graph = &mut model.graph;
     // Everything read from the graph is read before the node list is taken apart.
@@ -301,11 +371,15 @@ pub fn emit(model: &mut Model, plans: &[LayerPlan], format: Format) -> Result<()
             }
         }
     }
-    let out_scales = if format == Format::Qdq {
-        output_scales(graph, plans)
+    let out_qs = if format.is_qdq() {
+        output_quants(graph, plans, format)
     } else {
         HashMap::new()
     };
+    let absorbed: std::collections::HashSet<usize> = out_qs
+        .values()
+        .filter_map(|o| o.absorb.as_ref().map(|a| a.0))
+        .collect();
     let by_node: HashMap<usize, &LayerPlan> = plans.iter().map(|p| (p.node, p)).collect();
     let old_nodes = std::mem::take(&mut graph.nodes);
     let names = NameGen::new(graph.taken_names());
@@ -319,6 +393,10 @@ pub fn emit(model: &mut Model, plans: &[LayerPlan], format: Format) -> Result<()
         zps: HashMap::new(),
     };
     for (i, node) in old_nodes.into_iter().enumerate() {
+        if absorbed.contains(&i) {
+            // A Relu / Clip replaced by the uint8 QuantizeLinear before it.
+            continue;
+        }
         let Some(plan) = by_node.get(&i) else {
             e.nodes.push(node);
             continue;
@@ -327,13 +405,9 @@ pub fn emit(model: &mut Model, plans: &[LayerPlan], format: Format) -> Result<()
         let integer_op = node.is("Conv") || node.is("Gemm") || node.is("MatMul");
         match plan.act.as_ref().filter(|_| integer_op) {
             None => emit_weight_only(&mut e, node, plan)?,
-            Some(act) if format == Format::Qdq => {
-                let out_scale = node
-                    .outputs
-                    .first()
-                    .and_then(|o| out_scales.get(o))
-                    .copied();
-                emit_qdq(&mut e, node, plan, act, bias, out_scale)?;
+            Some(act) if format.is_qdq() => {
+                let out_q = node.outputs.first().and_then(|o| out_qs.get(o)).cloned();
+                emit_qdq(&mut e, node, plan, act, bias, out_q)?;
             }
             Some(act) => emit_integer(&mut e, node, plan, act, bias)?,
         }
@@ -477,7 +551,7 @@ fn emit_qdq(
     plan: &LayerPlan,
     act: &ActQuant,
     bias: Option<ArrayD<f32>>,
-    out_scale: Option<f32>,
+    out_q: Option<OutQ>,
 ) -> Result<()> {
     let base = base_name(&node);
     let (x_q, x_s, x_z) = e.quantize(act, &base);
@@ -518,16 +592,19 @@ fn emit_qdq(
             }
         }
     }
-    match out_scale {
+    match out_q {
         None => e.nodes.push(node),
-        Some(s_out) => {
+        Some(oq) => {
             let out = node.outputs.first().cloned().unwrap_or_default();
             let raw = e.names.fresh(&out, "_float");
             node.outputs[0] = raw.clone();
             e.nodes.push(node);
-            let s = e.scalar_f32(&out, "_scale", s_out);
-            let z = e.zero_point(Zp::I8);
-            let q = e.names.fresh(&out, "_quantized");
+            // With an absorbed activation, the DQ writes the activation's output.
+            let target = oq.absorb.as_ref().map_or(out.clone(), |(_, a)| a.clone());
+            let zp = if oq.unsigned { Zp::U8 } else { Zp::I8 };
+            let s = e.scalar_f32(&target, "_scale", oq.scale);
+            let z = e.zero_point(zp);
+            let q = e.names.fresh(&target, "_quantized");
             e.node(
                 "QuantizeLinear",
                 &base,
@@ -535,12 +612,17 @@ fn emit_qdq(
                 vec![raw, s.clone(), z.clone()],
                 q.clone(),
             );
+            // Quantized readers of `target` at this scale reuse this Q (one Q per tensor).
+            e.shared_q.insert(
+                (target.clone(), oq.scale.to_bits(), zp),
+                (q.clone(), s.clone(), z.clone()),
+            );
             let name = e.names.fresh(&base, "_output_dequantize");
             e.nodes.push(Node::new(
                 "DequantizeLinear",
                 name,
                 vec![q, s, z],
-                vec![out],
+                vec![target],
             ));
         }
     }

@@ -509,6 +509,27 @@ pub fn quantize(
         .filter(|(_, s)| matches!(s, Source::Observe))
         .map(|(t, _)| model.graph.nodes[t.node].input(0).unwrap_or("").to_string())
         .collect();
+    // QDQ also quantizes layer outputs that do not feed another quantized layer directly
+    // (residual Adds, graph outputs), so runtimes can fuse `DQ → Conv → Q`.
+    let output_values: Vec<Option<String>> = chosen
+        .iter()
+        .map(|t| {
+            let node = &model.graph.nodes[t.node];
+            (cfg.format.is_qdq() && (node.is("Conv") || node.is("Gemm") || node.is("MatMul")))
+                .then(|| node.outputs.first().cloned())
+                .flatten()
+        })
+        .collect();
+    for v in output_values.iter().flatten() {
+        let needs_data = match cfg.act_ranges {
+            ActRanges::Auto => !bn.contains_key(v),
+            ActRanges::Noise | ActRanges::Calibrate => true,
+            ActRanges::Bn => false,
+        };
+        if needs_data {
+            observe_values.push(v.clone());
+        }
+    }
     observe_values.sort();
     observe_values.dedup();
     let observed: BTreeMap<String, Observed> = if observe_values.is_empty() {
@@ -625,10 +646,26 @@ pub fn quantize(
             changed_vs_nearest: qw.flips.changed,
             activation,
         });
+        let own_output_scale = output_values[plans.len()].as_ref().and_then(|y| {
+            let m = match (bn.get(y), observed.get(y)) {
+                (Some(d), _)
+                    if cfg.act_ranges != ActRanges::Noise
+                        && cfg.act_ranges != ActRanges::Calibrate =>
+                {
+                    d.lo.abs().max(d.hi.abs())
+                }
+                (_, Some(o)) if cfg.act_ranges == ActRanges::Calibrate => o.max_abs(),
+                (_, Some(o)) => o.sigma_rule(cfg.act_bits).0,
+                _ => return None,
+            };
+            let s = (m / qmax_s) as f32;
+            (s > 0.0 && s.is_finite()).then_some(s)
+        });
         plans.push(LayerPlan {
             node: target.node,
             weight: qw,
             act,
+            own_output_scale,
         });
     }
 
