@@ -10,6 +10,7 @@
 //! # Ok::<(), isquant::Error>(())
 //! ```
 
+pub mod check;
 pub mod data;
 pub mod error;
 pub mod graph;

@@ -9,6 +9,18 @@ use clap::{Parser, Subcommand};
 
 use isquant::onnx::io::{self, ExternalData};
 
+/// `println!` that ends the process quietly when stdout is closed (`isquant … | head`).
+macro_rules! out {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = writeln!(std::io::stdout(), $($t)*) {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                std::process::exit(0);
+            }
+        }
+    }};
+}
+
 const EXAMPLES: &str = "\
 Examples:
   isquant quantize fixtures/fmnist-small-bn.onnx -o fmnist-int8.onnx --validate
@@ -19,7 +31,8 @@ Examples:
   isquant convert model.onnx -o copy.onnx
   isquant convert big.onnx -o big-ext.onnx --external-data
 
-Exit codes: 0 success, 1 validation below threshold, 2 error (bad input, bad flags, I/O).";
+Exit codes: 0 success, 1 validation below threshold / check found broken rules,
+2 error (bad input, bad flags, I/O).";
 
 /// Data-free int8 quantization of ONNX CNNs (ISQuant: BN folding + per-tensor SQuant rounding
 /// + integer emission). No calibration data, no Python.
@@ -40,6 +53,17 @@ enum Command {
     /// agreement, accuracy (with labels), SQNR, cosine, and the worst layers (--per-layer).
     #[command(after_help = VALIDATE_EXAMPLES)]
     Validate(Box<ValidateArgs>),
+    /// List every rule of a deployment runtime the model breaks (exit 1 if any).
+    #[command(
+        after_help = "Examples:\n  isquant check int8.onnx --target tensorrt\n  isquant check int8.onnx --target ort-legacy"
+    )]
+    Check {
+        /// The ONNX model.
+        model: PathBuf,
+        /// tract, ort (ONNX Runtime >= 1.24), ort-legacy (< 1.24), tensorrt.
+        #[arg(long, value_parser = ["tract", "ort", "ort-legacy", "tensorrt"])]
+        target: String,
+    },
     /// Show what a model holds: versions, inputs/outputs, ops, weights, foldable BNs and the
     /// layers a quantizer would touch.
     #[command(after_help = "Example:\n  isquant inspect fixtures/mnist-cnn.onnx --json")]
@@ -303,6 +327,25 @@ fn run(cli: Cli) -> isquant::Result<ExitCode> {
             let int8 = isquant::load(&args.int8)?.model;
             return run_validation(&float, &int8, &args.inputs_paths, &args.inputs, None);
         }
+        Command::Check { model, target } => {
+            let loaded = isquant::load(&model)?;
+            let t = isquant::check::Target::parse(&target)
+                .ok_or_else(|| isquant::Error::Config(format!("unknown target {target}")))?;
+            let v = isquant::check::check(&loaded.model, t);
+            if v.is_empty() {
+                out!("{}: conforms to the {target} rules", model.display());
+                return Ok(ExitCode::SUCCESS);
+            }
+            out!(
+                "{}: {} rule(s) of {target} broken",
+                model.display(),
+                v.len()
+            );
+            for x in &v {
+                out!("  {x}");
+            }
+            return Ok(ExitCode::from(1));
+        }
         Command::Inspect { model, json } => {
             let loaded = isquant::load(&model)?;
             let report = isquant::inspect::inspect(
@@ -313,9 +356,9 @@ fn run(cli: Cli) -> isquant::Result<ExitCode> {
             if json {
                 let text = serde_json::to_string_pretty(&report)
                     .map_err(|e| isquant::Error::Config(format!("cannot encode JSON: {e}")))?;
-                println!("{text}");
+                out!("{text}");
             } else {
-                print!("{}", isquant::inspect::render(&report));
+                out!("{}", isquant::inspect::render(&report).trim_end());
             }
         }
         Command::Convert {
@@ -338,9 +381,9 @@ fn run(cli: Cli) -> isquant::Result<ExitCode> {
                 line.push_str(&format!(", weights in {} ({n} bytes)", data.display()));
             }
             line.push_str(&format!(") in {:.2?}", start.elapsed()));
-            println!("{line}");
+            out!("{line}");
             if loaded.info.external_tensors > 0 && written.external.is_none() {
-                println!(
+                out!(
                     "note: the input kept {} tensors in external data; the output holds them inline (use --external-data to keep them apart)",
                     loaded.info.external_tensors
                 );
@@ -355,18 +398,18 @@ fn run(cli: Cli) -> isquant::Result<ExitCode> {
             let mut loaded = isquant::load(&input)?;
             let report = isquant::passes::fold_bn::fold_batch_norms(&mut loaded.model)?;
             let written = write(&loaded, &input, &output, external_data)?;
-            println!(
+            out!(
                 "folded {} BatchNormalization node(s), kept {}",
                 report.folded.len(),
                 report.kept.len()
             );
             for f in &report.folded {
-                println!("  fold  {} -> {} ({})", f.bn, f.layer, f.direction);
+                out!("  fold  {} -> {} ({})", f.bn, f.layer, f.direction);
             }
             for k in &report.kept {
-                println!("  keep  {}: {}", k.node, k.reason);
+                out!("  keep  {}: {}", k.node, k.reason);
             }
-            println!("wrote {written} in {:.2?}", start.elapsed());
+            out!("wrote {written} in {:.2?}", start.elapsed());
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -536,9 +579,9 @@ fn quantize(args: QuantizeArgs) -> isquant::Result<ExitCode> {
         let json = serde_json::to_vec_pretty(&report)
             .map_err(|e| isquant::Error::Config(format!("cannot encode the report: {e}")))?;
         isquant::onnx::io::write_atomic(path, &json)?;
-        println!("report     {}", path.display());
+        out!("report     {}", path.display());
     }
-    println!("wrote      {written} in {:.2?}", start.elapsed());
+    out!("wrote      {written} in {:.2?}", start.elapsed());
     if args.validate || !args.validate_inputs.is_empty() {
         return run_validation(
             &original,
@@ -558,20 +601,20 @@ fn print_summary(
     after: usize,
 ) {
     use std::collections::BTreeMap;
-    println!("isquant {} quantize {}", r.version, args.input.display());
+    out!("isquant {} quantize {}", r.version, args.input.display());
     let fwd = r
         .bn_folded
         .iter()
         .filter(|f| f.direction == "forward")
         .count();
-    println!(
+    out!(
         "BN         {} folded ({} backward, {fwd} forward), {} kept",
         r.bn_folded.len(),
         r.bn_folded.len() - fwd,
         r.bn_kept.len()
     );
     for k in &r.bn_kept {
-        println!("           kept {}: {}", k.node, k.reason);
+        out!("           kept {}: {}", k.node, k.reason);
     }
     let mut ops: BTreeMap<&str, usize> = BTreeMap::new();
     let mut rules: BTreeMap<String, usize> = BTreeMap::new();
@@ -596,34 +639,41 @@ fn print_summary(
         weights += l.weight_shape.iter().product::<usize>();
     }
     let ops: Vec<String> = ops.iter().map(|(k, v)| format!("{k} {v}")).collect();
-    println!(
+    out!(
         "layers     {} quantized: {} integer ({}), {} weight-only int8",
         r.layers.len(),
         r.integer_layers(),
         ops.join(", "),
         r.layers.len() - r.integer_layers()
     );
-    println!(
+    out!(
         "weights    W{} per-tensor symmetric, rounding {}: {flips} of {weights} weights differ from round-to-nearest",
         r.config.weight_bits, r.rounding
     );
     let rules: Vec<String> = rules.iter().map(|(k, v)| format!("{v} {k}")).collect();
-    println!("activations A{}: {}", r.config.act_bits, rules.join(", "));
+    out!("activations A{}: {}", r.config.act_bits, rules.join(", "));
     for l in r.layers.iter().filter(|l| l.mode != "integer") {
         if let Some(why) = &l.float_input_reason {
-            println!(
+            out!(
                 "           {} ({}) keeps a float input: {why}",
-                l.node, l.op_type
+                l.node,
+                l.op_type
             );
         }
     }
     for s in &r.skipped {
-        println!("skipped    {} ({}): {}", s.node, s.op_type, s.reason);
+        out!("skipped    {} ({}): {}", s.node, s.op_type, s.reason);
     }
     if args.verbose {
-        println!(
+        out!(
             "{:<40} {:<8} {:<11} {:>11} {:<6} {:<14} {:>11}",
-            "layer", "op", "mode", "w scale", "act", "rule", "act scale"
+            "layer",
+            "op",
+            "mode",
+            "w scale",
+            "act",
+            "rule",
+            "act scale"
         );
         for l in &r.layers {
             let (dt, rule, sc) = match &l.activation {
@@ -637,13 +687,19 @@ fn print_summary(
                 ),
                 None => ("float".into(), "-".into(), "-".into()),
             };
-            println!(
+            out!(
                 "{:<40} {:<8} {:<11} {:>11.4e} {:<6} {:<14} {:>11}",
-                l.node, l.op_type, l.mode, l.weight_scale, dt, rule, sc
+                l.node,
+                l.op_type,
+                l.mode,
+                l.weight_scale,
+                dt,
+                rule,
+                sc
             );
         }
     }
-    println!(
+    out!(
         "size       {:.1} kB -> {:.1} kB ({:.2}x smaller)",
         before as f64 / 1e3,
         after as f64 / 1e3,
@@ -654,7 +710,7 @@ fn print_summary(
         .iter()
         .map(|(k, v)| format!("{k} {v:.1} ms"))
         .collect();
-    println!("time       {}", t.join(", "));
+    out!("time       {}", t.join(", "));
 }
 
 fn preset_range(p: &str) -> (f32, f32) {
@@ -909,9 +965,10 @@ fn run_validation(
                 .join(", ")
         )
     };
-    println!(
+    out!(
         "validate   tract, {} {source}, {:.1} inputs/s",
-        v.samples, v.samples_per_second
+        v.samples,
+        v.samples_per_second
     );
     let mut failures = Vec::new();
     for o in &v.outputs {
@@ -926,9 +983,9 @@ fn run_validation(
             " SQNR {:.2} dB, cosine {:.5}, max |error| {:.3e}",
             o.sqnr_db, o.cosine, o.max_abs_error
         ));
-        println!("{line}");
+        out!("{line}");
         if let (Some(fa), Some(qa)) = (o.float_accuracy, o.int8_accuracy) {
-            println!(
+            out!(
                 "accuracy   float {:.2} %, int8 {:.2} % (drop {:.2} points) on {} labeled inputs",
                 fa * 100.0,
                 qa * 100.0,
@@ -960,10 +1017,10 @@ fn run_validation(
         }
     }
     if a.per_layer {
-        println!(
+        out!(
             "per-layer  SQNR of each quantized layer's output vs float, worst first (local dB: the"
         );
-        println!("           layer's own contribution with its input's noise removed; lowest = try --skip):");
+        out!("           layer's own contribution with its input's noise removed; lowest = try --skip):");
         let w = v
             .layers
             .iter()
@@ -971,13 +1028,18 @@ fn run_validation(
             .max()
             .unwrap_or(5)
             .max(5);
-        println!(
+        out!(
             "  {:<w$} {:<26} {:>8} {:>8} {:>10} {:>10}",
-            "value", "op", "SQNR dB", "local dB", "act scale", "w scale"
+            "value",
+            "op",
+            "SQNR dB",
+            "local dB",
+            "act scale",
+            "w scale"
         );
         for l in &v.layers {
             let f = |x: Option<f32>| x.map_or("-".to_string(), |v| format!("{v:.3e}"));
-            println!(
+            out!(
                 "  {:<w$} {:<26} {:>8.2} {:>8.2} {:>10} {:>10}",
                 l.value,
                 l.op,

@@ -7,6 +7,7 @@ mod common;
 mod bad_input;
 mod external;
 mod fold_bn;
+mod formats;
 mod fuzz;
 mod graph_edit;
 mod quantize;

@@ -19,8 +19,8 @@
 //!
 //! **`qdq`** (TensorRT, ONNX Runtime's fused QLinearConv): the float ops stay and read
 //! `DequantizeLinear` outputs: weights `DQ(W_q, s_w, 0)`, activations
-//! `Q(x, s_x, 0) → DQ` (int8 only, one DQ per consumer), Conv/Gemm bias as int32
-//! `round(b / (s_x·s_w))` behind `DQ(·, s_x·s_w, 0)`. When a layer's output reaches another
+//! `Q(x, s_x, 0) → DQ` (int8 only, one DQ per consumer); the bias stays float (ONNX
+//! Runtime fuses `DQ → Conv → Q` with a float bias too, and TensorRT dequantizes int8 only). When a layer's output reaches another
 //! quantized layer directly or through Relu / Clip(≥ 0), a `Q → DQ` with that layer's input
 //! scale is also put right after it, so runtimes fuse `DQ → Conv → Q` (negative values it
 //! clips are zeroed by the activation anyway).
@@ -112,7 +112,6 @@ enum Zp {
     I8,
     U8,
     U8Mid,
-    I32,
 }
 
 struct Emitter<'a> {
@@ -143,7 +142,6 @@ impl Emitter<'_> {
             Zp::I8 => ("int8", TensorData::I8(arr0(0i8).into_dyn())),
             Zp::U8 => ("uint8", TensorData::U8(arr0(0u8).into_dyn())),
             Zp::U8Mid => ("uint8_128", TensorData::U8(arr0(128u8).into_dyn())),
-            Zp::I32 => ("int32", TensorData::I32(arr0(0i32).into_dyn())),
         };
         let name = self.names.fresh("isquant_zero_point_", suffix);
         self.graph.set_initializer(from_array(&name, &data));
@@ -407,7 +405,7 @@ pub fn emit(model: &mut Model, plans: &[LayerPlan], format: Format) -> Result<()
             None => emit_weight_only(&mut e, node, plan)?,
             Some(act) if format.is_qdq() => {
                 let out_q = node.outputs.first().and_then(|o| out_qs.get(o)).cloned();
-                emit_qdq(&mut e, node, plan, act, bias, out_q)?;
+                emit_qdq(&mut e, node, plan, act, out_q)?;
             }
             Some(act) => emit_integer(&mut e, node, plan, act, bias)?,
         }
@@ -550,7 +548,6 @@ fn emit_qdq(
     mut node: Node,
     plan: &LayerPlan,
     act: &ActQuant,
-    bias: Option<ArrayD<f32>>,
     out_q: Option<OutQ>,
 ) -> Result<()> {
     let base = base_name(&node);
@@ -559,39 +556,6 @@ fn emit_qdq(
     let w_dq = weight_dq(e, &node, plan);
     node.inputs[0] = x_dq;
     node.inputs[1] = w_dq;
-    let (alpha, beta) = gemm_alpha_beta(&node)?;
-    let bias_scale = alpha * f64::from(act.scale) * f64::from(plan.weight.scale);
-    // Bias as int32 behind a DequantizeLinear (what runtimes fuse), when it is a vector.
-    if let (Some(b_name), Some(values)) = (node.input(2).map(str::to_string), bias) {
-        let n_out = if node.is("Conv") {
-            plan.weight.q.shape().first().copied().unwrap_or(0)
-        } else {
-            values.len()
-        };
-        let vector =
-            values.len() == n_out && values.shape().iter().filter(|&&d| d != 1).count() <= 1;
-        if vector && bias_scale > 0.0 {
-            let q: Vec<i32> = values
-                .iter()
-                .map(|&b| {
-                    let v = (f64::from(b) * beta / bias_scale).round_ties_even();
-                    v.clamp(f64::from(i32::MIN), f64::from(i32::MAX)) as i32
-                })
-                .collect();
-            let q_name = e.names.fresh(&b_name, "_quantized");
-            let arr = ArrayD::from_shape_vec(IxDyn(&[q.len()]), q)
-                .map_err(|err| node.error(format!("bias `{b_name}`: {err}")))?;
-            e.graph
-                .set_initializer(from_array(&q_name, &TensorData::I32(arr)));
-            let s = e.scalar_f32(&b_name, "_scale", bias_scale as f32);
-            let z = e.zero_point(Zp::I32);
-            let b_dq = e.dequantize(&q_name, &s, &z, &base, "_bias_dequantize");
-            node.inputs[2] = b_dq;
-            if node.is("Gemm") && beta != 1.0 {
-                node.set_attr(attrs::make_float("beta", 1.0));
-            }
-        }
-    }
     match out_q {
         None => e.nodes.push(node),
         Some(oq) => {
