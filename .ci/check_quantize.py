@@ -87,7 +87,26 @@ def check(model, tmp):
     if np.sum(ref ** 2) > 1e-12:  # random-weight models can output ~0
         assert sqnr > 5.0, f"SQNR {sqnr:.1f} dB"
     n_int = sum(1 for n in onnx.load(outs[0]).graph.node if n.op_type in ("ConvInteger", "MatMulInteger"))
-    return f"runs in ORT, {n_int} integer ops, SQNR vs float {sqnr:.1f} dB (synthetic input), deterministic"
+    # The other formats: run in ORT, stay within 7 dB of the default format's SQNR, and pass
+    # the rules of the runtime they are for.
+    extra = []
+    for fmt, target in (("convinteger-u8", "ort-legacy"), ("qdq", "tensorrt"), ("qdq-u8", "ort")):
+        out = os.path.join(tmp, f"{fmt}-{name}")
+        r = subprocess.run([BIN, "quantize", model, "-o", out, "--format", fmt],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        assert r.returncode == 0, f"{fmt}: {r.stderr.strip().splitlines()[-1:]}"
+        onnx.checker.check_model(out, full_check=True)
+        y = session(out).run(None, x)[0].astype(np.float64)
+        n2 = np.sum((ref - y) ** 2)
+        db = float("inf") if n2 == 0 else 10 * np.log10(np.sum(ref ** 2) / n2)
+        if np.sum(ref ** 2) > 1e-12:
+            # qdq is int8 only: non-negative tensors lose the uint8 bit (6 dB).
+            assert db > sqnr - 7.0, f"{fmt}: SQNR {db:.1f} dB vs default {sqnr:.1f} dB"
+        r = subprocess.run([BIN, "check", out, "--target", target], stdout=subprocess.PIPE, text=True)
+        assert r.returncode == 0, f"{fmt} breaks {target} rules: {r.stdout[:300]}"
+        extra.append(f"{fmt} {db:.1f} dB")
+    return (f"runs in ORT, {n_int} integer ops, SQNR vs float {sqnr:.1f} dB (synthetic input), "
+            f"deterministic; {', '.join(extra)}")
 
 
 def main():

@@ -520,9 +520,11 @@ pub fn quantize(
                 .flatten()
         })
         .collect();
+    let pass_runs = !observe_values.is_empty();
     for v in output_values.iter().flatten() {
         let needs_data = match cfg.act_ranges {
-            ActRanges::Auto => !bn.contains_key(v),
+            // Only when a forward pass runs anyway: an output Q is an optimisation.
+            ActRanges::Auto => !bn.contains_key(v) && pass_runs,
             ActRanges::Noise | ActRanges::Calibrate => true,
             ActRanges::Bn => false,
         };
@@ -687,6 +689,14 @@ pub fn quantize(
         skipped,
         timings_ms: timings,
     };
+    if cfg.format == emit::Format::ConvIntegerU8 {
+        // Old ONNX Runtime versions reject newer IR versions (1.15 refuses IR 10): use the
+        // lowest IR the opset allows.
+        let ir = min_ir_version(model.opset().unwrap_or(13));
+        if model.ir_version() > ir {
+            model.set_ir_version(ir);
+        }
+    }
     model.set_metadata("isquant.version", env!("CARGO_PKG_VERSION"));
     model.set_metadata(
         "isquant.method",
@@ -694,6 +704,20 @@ pub fn quantize(
     );
     model.set_metadata("isquant.config", &config_summary(cfg));
     Ok(report)
+}
+
+/// The lowest IR version that supports a default-domain opset (onnx/docs/Versioning.md).
+pub fn min_ir_version(opset: i64) -> i64 {
+    match opset {
+        ..=8 => 3,
+        9 => 4,
+        10 => 5,
+        11 => 6,
+        12..=14 => 7,
+        15..=18 => 8,
+        19..=20 => 9,
+        _ => 10,
+    }
 }
 
 /// One-line summary of the options, stored in `metadata_props`.
