@@ -49,9 +49,9 @@ def resnet50(path):
                                       strides=[stride, stride], kernel_shape=[k, k]))
         b = name("bn")
         g, be, m, v = (b + s for s in ("_g", "_b", "_m", "_v"))
-        inits += [numpy_helper.from_array(a.astype(np.float32), nm) for a, nm in (
+        inits.extend([numpy_helper.from_array(a.astype(np.float32), nm) for a, nm in (
             (rng.uniform(0.5, 1.5, cout), g), (rng.normal(0, 0.2, cout), be),
-            (rng.normal(0, 0.5, cout), m), (rng.uniform(0.5, 2.0, cout), v))]
+            (rng.normal(0, 0.5, cout), m), (rng.uniform(0.5, 2.0, cout), v))])
         z = b + "_out"
         nodes.append(helper.make_node("BatchNormalization", [y, g, be, m, v], [z], name=b))
         if relu:

@@ -230,6 +230,21 @@ impl Model {
         self.header.ir_version = Some(v);
     }
 
+    /// Whether the model uses something IR versions after 8 added: model-local functions,
+    /// node/graph metadata or overloads, or 8-bit float / 4-bit tensor types. (A model that
+    /// does not can be written with the lowest IR version its opset allows.)
+    pub fn uses_recent_ir_features(&self) -> bool {
+        let recent_type = |t: &pb::TensorProto| t.data_type.unwrap_or(0) > 16;
+        !self.header.functions.is_empty()
+            || !self.graph.rest.metadata_props.is_empty()
+            || self.graph.nodes.iter().any(|n| {
+                !n.rest.metadata_props.is_empty()
+                    || n.rest.overload.is_some()
+                    || n.attributes.iter().any(|a| a.t.as_ref().is_some_and(recent_type))
+            })
+            || self.graph.initializers.iter().any(recent_type)
+    }
+
     /// Producer name and version as written by the exporter.
     pub fn producer(&self) -> (String, String) {
         (

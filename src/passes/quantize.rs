@@ -689,13 +689,11 @@ pub fn quantize(
         skipped,
         timings_ms: timings,
     };
-    if cfg.format == emit::Format::ConvIntegerU8 {
-        // Old ONNX Runtime versions reject newer IR versions (1.15 refuses IR 10): use the
-        // lowest IR the opset allows.
-        let ir = min_ir_version(model.opset().unwrap_or(13));
-        if model.ir_version() > ir {
-            model.set_ir_version(ir);
-        }
+    // Keep the IR version as low as the opset allows (ONNX Runtime 1.15 rejects IR 10), when
+    // the model uses nothing newer IR versions added.
+    let ir = min_ir_version(model.opset().unwrap_or(13));
+    if model.ir_version() > ir && !model.uses_recent_ir_features() {
+        model.set_ir_version(ir);
     }
     model.set_metadata("isquant.version", env!("CARGO_PKG_VERSION"));
     model.set_metadata(
