@@ -17,7 +17,10 @@ fn main() -> ExitCode {
     }
     let shape: Vec<usize> = args[1].split(',').filter_map(|d| d.parse().ok()).collect();
     let runs: usize = args.get(2).and_then(|r| r.parse().ok()).unwrap_or(20);
-    let m = match TractModel::load(Source::Path(Path::new(&args[0])), std::slice::from_ref(&shape)) {
+    let m = match TractModel::load(
+        Source::Path(Path::new(&args[0])),
+        std::slice::from_ref(&shape),
+    ) {
         Ok(m) => m,
         Err(e) => {
             eprintln!("error: {e}");

@@ -240,9 +240,23 @@ impl Model {
             || self.graph.nodes.iter().any(|n| {
                 !n.rest.metadata_props.is_empty()
                     || n.rest.overload.is_some()
-                    || n.attributes.iter().any(|a| a.t.as_ref().is_some_and(recent_type))
+                    || n.attributes
+                        .iter()
+                        .any(|a| a.t.as_ref().is_some_and(recent_type))
             })
             || self.graph.initializers.iter().any(recent_type)
+    }
+
+    /// Removes node and graph `metadata_props` (an IR 10 field; informational only, e.g. the
+    /// exporter's source locations). Returns how many entries were removed.
+    pub fn strip_ir10_metadata(&mut self) -> usize {
+        let mut n = self.graph.rest.metadata_props.len();
+        self.graph.rest.metadata_props.clear();
+        for node in &mut self.graph.nodes {
+            n += node.rest.metadata_props.len();
+            node.rest.metadata_props.clear();
+        }
+        n
     }
 
     /// Producer name and version as written by the exporter.

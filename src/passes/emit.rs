@@ -410,10 +410,50 @@ pub fn emit(model: &mut Model, plans: &[LayerPlan], format: Format) -> Result<()
             Some(act) => emit_integer(&mut e, node, plan, act, bias)?,
         }
     }
+    if format.is_qdq() {
+        dequantize_add_inputs(&mut e);
+    }
     let nodes = std::mem::take(&mut e.nodes);
     graph.nodes = nodes;
+    if format.is_qdq() {
+        graph.sort_topologically()?;
+    }
     graph.remove_unused_initializers();
     Ok(())
+}
+
+/// Q/DQ formats: an `Add` (residual) reads each input that has a QuantizeLinear through its
+/// own DequantizeLinear, so both of its inputs are quantized, as TensorRT wants to fuse the
+/// add into the convolution (and ONNX Runtime fuses `DQ → Add → Q`).
+fn dequantize_add_inputs(e: &mut Emitter<'_>) {
+    let quantized: HashMap<String, (String, String, String)> = e
+        .shared_q
+        .iter()
+        .map(|((v, _, _), q)| (v.clone(), q.clone()))
+        .collect();
+    let dq_outputs: std::collections::HashSet<String> = e
+        .nodes
+        .iter()
+        .filter(|n| n.is("DequantizeLinear"))
+        .flat_map(|n| n.outputs.iter().cloned())
+        .collect();
+    let nodes = std::mem::take(&mut e.nodes);
+    for mut n in nodes {
+        if n.is("Add") {
+            for k in 0..n.inputs.len() {
+                let v = n.inputs[k].clone();
+                if dq_outputs.contains(&v) {
+                    continue;
+                }
+                if let Some((q, s, z)) = quantized.get(&v) {
+                    let base = base_name(&n);
+                    let dq = e.dequantize(q, s, z, &base, "_input_dequantize");
+                    n.inputs[k] = dq;
+                }
+            }
+        }
+        e.nodes.push(n);
+    }
 }
 
 fn weight_dq(e: &mut Emitter<'_>, node: &Node, plan: &LayerPlan) -> String {

@@ -692,6 +692,11 @@ pub fn quantize(
     // Keep the IR version as low as the opset allows (ONNX Runtime 1.15 rejects IR 10), when
     // the model uses nothing newer IR versions added.
     let ir = min_ir_version(model.opset().unwrap_or(13));
+    if cfg.format == emit::Format::ConvIntegerU8 && model.ir_version() > ir {
+        // For old runtimes: node/graph metadata (IR 10) is informational; drop it so the IR
+        // version can go down.
+        model.strip_ir10_metadata();
+    }
     if model.ir_version() > ir && !model.uses_recent_ir_features() {
         model.set_ir_version(ir);
     }
