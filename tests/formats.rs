@@ -90,3 +90,43 @@ fn qdq_output_passes_the_tensorrt_rules_and_convinteger_does_not() {
         assert!(v.iter().any(|r| r.contains("uint8")), "{name}: {v:?}");
     }
 }
+
+#[test]
+fn every_format_keeps_accuracy_on_labeled_images() {
+    use crate::common::{fixture, isquant};
+    let dir = tempfile::tempdir().unwrap();
+    for (model, data, preset) in [
+        (
+            "cifar10-keras-bn-after-relu.onnx",
+            "data/cifar10-20",
+            "pixels",
+        ),
+        ("mnist-cnn.onnx", "data/mnist-20", "mnist"),
+    ] {
+        for f in ["convinteger", "convinteger-u8", "qdq", "qdq-u8"] {
+            let out = dir.path().join(format!("{f}-{model}"));
+            let r = isquant(&[
+                "quantize",
+                fixture(model).to_str().unwrap(),
+                "-o",
+                out.to_str().unwrap(),
+                "--format",
+                f,
+            ]);
+            assert_eq!(r.code, 0, "{f}: {}", r.stderr);
+            let r = isquant(&[
+                "validate",
+                fixture(model).to_str().unwrap(),
+                out.to_str().unwrap(),
+                fixture(data).to_str().unwrap(),
+                "--preset",
+                preset,
+                "--label-regex",
+                r"_(\d+)\.png$",
+                "--max-accuracy-drop",
+                "5",
+            ]);
+            assert_eq!(r.code, 0, "{model} {f}: {}{}", r.stdout, r.stderr);
+        }
+    }
+}

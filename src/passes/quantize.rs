@@ -524,7 +524,7 @@ pub fn quantize(
     for v in output_values.iter().flatten() {
         let needs_data = match cfg.act_ranges {
             // Only when a forward pass runs anyway: an output Q is an optimisation.
-            ActRanges::Auto => !bn.contains_key(v) && pass_runs,
+            ActRanges::Auto => !bn.get(v).is_some_and(|d| d.rule == RangeRule::Bn) && pass_runs,
             ActRanges::Noise | ActRanges::Calibrate => true,
             ActRanges::Bn => false,
         };
@@ -649,9 +649,12 @@ pub fn quantize(
             activation,
         });
         let own_output_scale = output_values[plans.len()].as_ref().and_then(|y| {
+            // Only a BN straight before the output is trusted here: an output Q clips, and a
+            // range pushed through layers can be far too narrow.
             let m = match (bn.get(y), observed.get(y)) {
                 (Some(d), _)
-                    if cfg.act_ranges != ActRanges::Noise
+                    if d.rule == RangeRule::Bn
+                        && cfg.act_ranges != ActRanges::Noise
                         && cfg.act_ranges != ActRanges::Calibrate =>
                 {
                     d.lo.abs().max(d.hi.abs())
