@@ -235,6 +235,10 @@ struct QuantizeArgs {
     /// Activation bits (2..=8), one scale per tensor, zero-point 0.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(2..=8))]
     act_bits: u32,
+    /// Weight scales: per-tensor (ISQuant) or per-channel (one per output channel, what
+    /// calibrated tools use; applied in the rescale or a per-axis DequantizeLinear).
+    #[arg(long, default_value = "per-tensor", value_parser = ["per-tensor", "per-channel"])]
+    granularity: String,
     /// Weight rounding: nearest, squant-e (= nearest), squant-k, squant-c, squant (K then C).
     #[arg(long, default_value = "squant", value_parser = ["nearest", "squant-e", "squant-k", "squant-c", "squant"])]
     rounding: String,
@@ -532,6 +536,11 @@ fn quantize(args: QuantizeArgs) -> isquant::Result<ExitCode> {
     };
     let cfg = QuantizeConfig {
         format,
+        granularity: if args.granularity == "per-channel" {
+            q::Granularity::PerChannel
+        } else {
+            q::Granularity::PerTensor
+        },
         weight_bits: args.weight_bits,
         act_bits: args.act_bits,
         rounding,

@@ -130,3 +130,46 @@ fn every_format_keeps_accuracy_on_labeled_images() {
         }
     }
 }
+
+#[test]
+fn per_channel_weights_run_in_every_format_and_keep_the_rules() {
+    use isquant::passes::quantize::Granularity;
+    for (name, shape, lo, hi) in MODELS {
+        let x = seeded_uniform(shape, 33, *lo, *hi);
+        let float = run(&proto(name), &x);
+        for format in [Format::ConvInteger, Format::Qdq, Format::QdqU8] {
+            let mut m = Model::from_proto(proto(name)).unwrap();
+            let cfg = QuantizeConfig {
+                format,
+                granularity: Granularity::PerChannel,
+                input_shape: name.starts_with("ppocr").then(|| vec![1, 3, 48, 192]),
+                ..QuantizeConfig::default()
+            };
+            let report = quantize(&mut m, &cfg, None, &mut |_| {}).unwrap();
+            let opset = m.opset().unwrap();
+            // The opset is never raised to 13 for per-axis DequantizeLinear.
+            assert_eq!(opset, proto(name).opset_import[0].version(), "{name}");
+            let p = m.to_proto();
+            let y = run(&p, &x);
+            assert!(
+                sqnr(&float, &y) > 3.0,
+                "{name} {}: {:.1} dB",
+                format.name(),
+                sqnr(&float, &y)
+            );
+            if format == Format::ConvInteger {
+                assert!(
+                    report
+                        .layers
+                        .iter()
+                        .any(|l| l.weight_channel_scales.is_some()),
+                    "{name}"
+                );
+            }
+            if format == Format::Qdq {
+                let v = tensorrt_violations(&p);
+                assert!(v.is_empty(), "{name}: {v:?}");
+            }
+        }
+    }
+}

@@ -356,7 +356,10 @@ fn output_quants(graph: &Graph, plans: &[LayerPlan], format: Format) -> HashMap<
 /// # Errors
 /// Malformed layers (missing weight, bias of the wrong size).
 pub fn emit(model: &mut Model, plans: &[LayerPlan], format: Format) -> Result<()> {
-    model.require_opset(if format.is_qdq() { 13 } else { 10 });
+    // QuantizeLinear/DequantizeLinear/ConvInteger/MatMulInteger exist from opset 10; per-axis
+    // DequantizeLinear needs 13 and is only planned when the model already has it. The opset is
+    // never raised further: that could change the meaning of other ops (Softmax, Squeeze, …).
+    model.require_opset(10);
     let opset = model.opset().unwrap_or(10);
     let graph = &mut model.graph;
     // Everything read from the graph is read before the node list is taken apart.
@@ -456,15 +459,53 @@ fn dequantize_add_inputs(e: &mut Emitter<'_>) {
     }
 }
 
+/// The axis of a weight that holds output channels: 1 for `[K, N]` matrices (Gemm with
+/// `transB = 0`, MatMul), 0 otherwise.
+fn output_axis(node: &Node) -> i64 {
+    let trans_b = node.attr_int("transB").ok().flatten().unwrap_or(0) != 0;
+    if node.is("MatMul") || (node.is("Gemm") && !trans_b) {
+        1
+    } else {
+        0
+    }
+}
+
 fn weight_dq(e: &mut Emitter<'_>, node: &Node, plan: &LayerPlan) -> String {
     let base = base_name(node);
     let w_name = node.input(1).unwrap_or("w").to_string();
     let q_name = e.names.fresh(&w_name, "_quantized");
     e.graph
         .set_initializer(from_array(&q_name, &TensorData::I8(plan.weight.q.clone())));
-    let s = e.scalar_f32(&w_name, "_scale", plan.weight.scale);
-    let z = e.zero_point(Zp::I8);
-    e.dequantize(&q_name, &s, &z, &base, "_weight_dequantize")
+    match &plan.weight.channel_scales {
+        None => {
+            let s = e.scalar_f32(&w_name, "_scale", plan.weight.scale);
+            let z = e.zero_point(Zp::I8);
+            e.dequantize(&q_name, &s, &z, &base, "_weight_dequantize")
+        }
+        Some(scales) => {
+            // Per-axis DequantizeLinear (opset 13): one scale and one zero-point per channel.
+            let n = scales.len();
+            let s = e.names.fresh(&w_name, "_scale");
+            let z = e.names.fresh(&w_name, "_zero_point");
+            let sv = ArrayD::from_shape_vec(IxDyn(&[n]), scales.clone())
+                .unwrap_or_else(|_| ArrayD::zeros(IxDyn(&[n])));
+            e.graph.set_initializer(from_f32(&s, sv));
+            e.graph
+                .set_initializer(from_array(&z, &TensorData::I8(ArrayD::zeros(IxDyn(&[n])))));
+            let out = e.names.fresh(&q_name, "_dequantized");
+            let name = e.names.fresh(&base, "_weight_dequantize");
+            e.nodes.push(
+                Node::new(
+                    "DequantizeLinear",
+                    name,
+                    vec![q_name, s, z],
+                    vec![out.clone()],
+                )
+                .with_attr(attrs::make_int("axis", output_axis(node))),
+            );
+            out
+        }
+    }
 }
 
 fn emit_weight_only(e: &mut Emitter<'_>, mut node: Node, plan: &LayerPlan) -> Result<()> {
@@ -539,8 +580,32 @@ fn emit_integer(
             .with_attr(attrs::make_int("to", DataType::Float as i64)),
     );
     let (alpha, beta) = gemm_alpha_beta(&node)?;
-    let rescale = (alpha * f64::from(act.scale) * f64::from(plan.weight.scale)) as f32;
-    let r_name = e.scalar_f32(&base, "_rescale", rescale);
+    let r_name = match &plan.weight.channel_scales {
+        None => {
+            let rescale = (alpha * f64::from(act.scale) * f64::from(plan.weight.scale)) as f32;
+            e.scalar_f32(&base, "_rescale", rescale)
+        }
+        Some(scales) => {
+            // Per-channel: the rescale broadcasts over the output channel axis ([1, C, 1, …]
+            // for Conv, the last axis for Gemm/MatMul).
+            let v: Vec<f32> = scales
+                .iter()
+                .map(|&sw| (alpha * f64::from(act.scale) * f64::from(sw)) as f32)
+                .collect();
+            let shape = if node.is("Conv") {
+                let mut sh = vec![1usize; plan.weight.q.ndim().max(3)];
+                sh[1] = v.len();
+                sh
+            } else {
+                vec![v.len()]
+            };
+            let n = e.names.fresh(&base, "_rescale");
+            let arr = ArrayD::from_shape_vec(IxDyn(&shape), v)
+                .map_err(|err| node.error(format!("per-channel rescale: {err}")))?;
+            e.graph.set_initializer(from_f32(&n, arr));
+            n
+        }
+    };
     let bias_name = node.input(2).map(str::to_string);
     let mul_out = if bias_name.is_some() {
         e.names.fresh(&out, "_rescaled")

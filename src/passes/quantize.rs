@@ -46,6 +46,17 @@ pub enum ActRanges {
     Calibrate,
 }
 
+/// Weight scale granularity (`--granularity`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Granularity {
+    /// One scale per weight tensor (ISQuant).
+    #[default]
+    PerTensor,
+    /// One scale per output channel (what calibrated tools use).
+    PerChannel,
+}
+
 /// How calibration data sets a range.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -88,6 +99,8 @@ pub struct QuantizeConfig {
     pub calibration_method: CalibrationMethod,
     /// Output format.
     pub format: emit::Format,
+    /// Weight scale granularity.
+    pub granularity: Granularity,
 }
 
 impl Default for QuantizeConfig {
@@ -107,6 +120,7 @@ impl Default for QuantizeConfig {
             input_shape: None,
             calibration_method: CalibrationMethod::MinMax,
             format: emit::Format::ConvInteger,
+            granularity: Granularity::PerTensor,
         }
     }
 }
@@ -159,8 +173,11 @@ pub struct LayerReport {
     pub weight: String,
     /// Weight shape.
     pub weight_shape: Vec<usize>,
-    /// Weight scale.
+    /// Weight scale (per-channel: the largest).
     pub weight_scale: f32,
+    /// Per-channel weight scales, with `--granularity per-channel`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub weight_channel_scales: Option<Vec<f32>>,
     /// Kernel-stage flips.
     pub kernel_flips: u64,
     /// Channel-stage flips (including undos).
@@ -418,33 +435,6 @@ pub fn quantize(
         )));
     }
 
-    // 3. Weights.
-    progress("squant");
-    let t = Instant::now();
-    let producers = model.graph.producers();
-    let mut inputs = Vec::with_capacity(chosen.len());
-    for target in &chosen {
-        let w = model
-            .graph
-            .constant_f32(&target.weight, &producers)?
-            .ok_or_else(|| Error::tensor(&target.weight, "weight is not a constant"))?;
-        inputs.push((w, layout_of(model, target)?));
-    }
-    drop(producers);
-    // Layers in parallel (each result depends only on its own weights, so the output is the
-    // same for any thread count); the kernel also splits large layers over channels.
-    let quantized: Vec<weights::QuantizedWeight> = {
-        use rayon::prelude::*;
-        chosen
-            .par_iter()
-            .zip(inputs.par_iter())
-            .map(|(target, (w, layout))| {
-                weights::quantize_weight(&target.weight, w, *layout, cfg.weight_bits, cfg.rounding)
-            })
-            .collect::<Result<Vec<_>>>()?
-    };
-    stage("squant", t, &mut timings);
-
     // 4. Activation ranges.
     progress("ranges");
     let t = Instant::now();
@@ -503,6 +493,57 @@ pub fn quantize(
         };
         sources.push(src);
     }
+    // 3. Weights (after the range sources: a per-channel weight behind a DequantizeLinear
+    // needs per-axis quantization, opset 13, and the opset is never raised that far).
+    let per_axis_ok = model.opset().unwrap_or(0) >= 13;
+    let integer_layers: Vec<bool> = sources
+        .iter()
+        .map(|src| !cfg.format.is_qdq() && !matches!(src, Source::Float(_)))
+        .collect();
+    progress("squant");
+    let tw = Instant::now();
+    let producers = model.graph.producers();
+    let mut inputs = Vec::with_capacity(chosen.len());
+    for target in &chosen {
+        let w = model
+            .graph
+            .constant_f32(&target.weight, &producers)?
+            .ok_or_else(|| Error::tensor(&target.weight, "weight is not a constant"))?;
+        inputs.push((w, layout_of(model, target)?));
+    }
+    drop(producers);
+    // Layers in parallel (each result depends only on its own weights, so the output is the
+    // same for any thread count); the kernel also splits large layers over channels.
+    let quantized: Vec<weights::QuantizedWeight> = {
+        use rayon::prelude::*;
+        chosen
+            .par_iter()
+            .zip(inputs.par_iter())
+            .zip(integer_layers.par_iter())
+            .map(|((target, (w, layout)), integer)| {
+                // Per-channel scales are applied in the rescale (or a per-axis
+                // DequantizeLinear); ConvTranspose keeps one scale (its output channels are
+                // not an axis of the weight when grouped).
+                // TensorRT takes per-axis weights only on axis 0: `[K, N]` matrices stay
+                // per-tensor in the `qdq` format.
+                let per_channel = cfg.granularity == Granularity::PerChannel
+                    && !matches!(layout, Layout::ConvTranspose { .. })
+                    && !(cfg.format == emit::Format::Qdq && *layout == Layout::ColumnsAreOutputs)
+                    && (*integer || per_axis_ok);
+                weights::quantize_weight(
+                    &target.weight,
+                    w,
+                    *layout,
+                    cfg.weight_bits,
+                    cfg.rounding,
+                    per_channel,
+                )
+            })
+            .collect::<Result<Vec<_>>>()?
+    };
+    stage("squant", tw, &mut timings);
+    let squant_time = tw.elapsed();
+
     let mut observe_values: Vec<String> = chosen
         .iter()
         .zip(&sources)
@@ -557,7 +598,10 @@ pub fn quantize(
         };
         ranges::observe(model, &observe_values, &batches, 97, |_, _| {})?
     };
-    stage("ranges", t, &mut timings);
+    timings.push((
+        "ranges".to_string(),
+        t.elapsed().saturating_sub(squant_time).as_secs_f64() * 1e3,
+    ));
 
     // 5. Plans.
     let qmax_u = f64::from((1u32 << cfg.act_bits) - 1);
@@ -643,6 +687,7 @@ pub fn quantize(
             weight: target.weight.clone(),
             weight_shape: target.weight_shape.clone(),
             weight_scale: qw.scale,
+            weight_channel_scales: qw.channel_scales.clone(),
             kernel_flips: qw.flips.kernel_flips,
             channel_flips: qw.flips.channel_flips + qw.flips.channel_undos,
             changed_vs_nearest: qw.flips.changed,
@@ -729,8 +774,12 @@ pub fn min_ir_version(opset: i64) -> i64 {
 /// One-line summary of the options, stored in `metadata_props`.
 pub fn config_summary(cfg: &QuantizeConfig) -> String {
     let mut s = format!(
-        "format={} weight-bits={} act-bits={} rounding={} act-ranges={} bn-sigmas={}",
+        "format={} granularity={} weight-bits={} act-bits={} rounding={} act-ranges={} bn-sigmas={}",
         cfg.format.name(),
+        match cfg.granularity {
+            Granularity::PerTensor => "per-tensor",
+            Granularity::PerChannel => "per-channel",
+        },
         cfg.weight_bits,
         cfg.act_bits,
         rounding_name(cfg.rounding),

@@ -45,8 +45,11 @@ pub enum Layout {
 pub struct QuantizedWeight {
     /// Integers in the ONNX layout of the original weight.
     pub q: ArrayD<i8>,
-    /// The per-tensor scale `s_w`.
+    /// The per-tensor scale `s_w` (per-channel: the largest channel scale, for reports).
     pub scale: f32,
+    /// Per-channel scales `s_w[o] = max|W_o| / qmax`, one per output channel, with
+    /// `--granularity per-channel`.
+    pub channel_scales: Option<Vec<f32>>,
     /// SQuant's flip counts.
     pub flips: FlipStats,
 }
@@ -104,7 +107,8 @@ fn view_map(shape: &[usize], layout: Layout) -> Result<([usize; 3], Option<Vec<u
     }
 }
 
-/// Quantizes one weight tensor per tensor, symmetric, zero-point 0.
+/// Quantizes one weight tensor, symmetric, zero-point 0: one scale for the tensor, or one per
+/// output channel (`per_channel`).
 ///
 /// # Errors
 /// Non-finite weights (naming `name`), bits outside 2..=8, or a shape that does not fit the
@@ -115,6 +119,7 @@ pub fn quantize_weight(
     layout: Layout,
     bits: u32,
     rounding: Rounding,
+    per_channel: bool,
 ) -> Result<QuantizedWeight> {
     if !(2..=8).contains(&bits) {
         return Err(Error::Config(format!(
@@ -128,21 +133,35 @@ pub fn quantize_weight(
         ));
     }
     let qmax = squant::symmetric_qmax(bits);
-    let scale = squant::symmetric_scale(w.view(), qmax);
     let (dims, map) =
         view_map(w.shape(), layout).map_err(|e| Error::tensor(name, e.to_string()))?;
-    let inv = f64::from(scale);
-    let grid = |v: f32| (f64::from(v) / inv) as f32;
-    let x: Vec<f32> = match &map {
-        None => w.iter().map(|&v| grid(v)).collect(),
+    // W in [O, I, K] view order.
+    let mut x: Vec<f32> = match &map {
+        None => w.iter().copied().collect(),
         Some(map) => {
             let mut x = vec![0f32; w.len()];
             for (src, &v) in w.iter().enumerate() {
-                x[map[src]] = grid(v);
+                x[map[src]] = v;
             }
             x
         }
     };
+    let per = (dims[1] * dims[2]).max(1);
+    let channel_scales: Option<Vec<f32>> = per_channel.then(|| {
+        x.chunks(per)
+            .map(|c| squant::symmetric_scale(ndarray::ArrayView1::from(c), qmax))
+            .collect()
+    });
+    let scale = match &channel_scales {
+        Some(c) => c.iter().copied().fold(0f32, f32::max),
+        None => squant::symmetric_scale(w.view(), qmax),
+    };
+    for (k, chunk) in x.chunks_mut(per).enumerate() {
+        let s = f64::from(channel_scales.as_ref().map_or(scale, |c| c[k]));
+        chunk
+            .iter_mut()
+            .for_each(|v| *v = (f64::from(*v) / s) as f32);
+    }
     let view = Array3::from_shape_vec((dims[0], dims[1], dims[2]), x)
         .map_err(|e| Error::tensor(name, e.to_string()))?;
     let (q, flips) = squant::round_squant(view.view(), -qmax, qmax, rounding);
@@ -156,7 +175,12 @@ pub fn quantize_weight(
     };
     let q = ArrayD::from_shape_vec(IxDyn(w.shape()), out)
         .map_err(|e| Error::tensor(name, e.to_string()))?;
-    Ok(QuantizedWeight { q, scale, flips })
+    Ok(QuantizedWeight {
+        q,
+        scale,
+        channel_scales,
+        flips,
+    })
 }
 
 #[cfg(test)]
@@ -182,9 +206,24 @@ mod tests {
         let (n, k) = (5, 7);
         let rows = ArrayD::from_shape_vec(IxDyn(&[n, k]), seeded(n * k, 3)).unwrap();
         let cols = rows.t().to_owned().into_dyn();
-        let a = quantize_weight("w", &rows, Layout::RowsAreOutputs, 8, Rounding::Squant).unwrap();
-        let b =
-            quantize_weight("w", &cols, Layout::ColumnsAreOutputs, 8, Rounding::Squant).unwrap();
+        let a = quantize_weight(
+            "w",
+            &rows,
+            Layout::RowsAreOutputs,
+            8,
+            Rounding::Squant,
+            false,
+        )
+        .unwrap();
+        let b = quantize_weight(
+            "w",
+            &cols,
+            Layout::ColumnsAreOutputs,
+            8,
+            Rounding::Squant,
+            false,
+        )
+        .unwrap();
         assert_eq!(a.q.t().to_owned().into_dyn(), b.q);
         assert_eq!(a.scale, b.scale);
         // A 1x1 conv [O, I, 1, 1] is the same matrix as a Gemm [O, I].
@@ -192,7 +231,7 @@ mod tests {
             .clone()
             .into_shape_with_order(IxDyn(&[n, k, 1, 1]))
             .unwrap();
-        let c = quantize_weight("w", &conv, Layout::Conv, 8, Rounding::Squant).unwrap();
+        let c = quantize_weight("w", &conv, Layout::Conv, 8, Rounding::Squant, false).unwrap();
         assert_eq!(c.q.into_shape_with_order(IxDyn(&[n, k])).unwrap(), a.q);
     }
 
@@ -207,11 +246,12 @@ mod tests {
             Layout::ConvTranspose { group: 1 },
             8,
             Rounding::Squant,
+            false,
         )
         .unwrap();
         // Same as quantizing the permuted tensor [C_out, C_in, k] as a conv.
         let perm = w.view().permuted_axes(IxDyn(&[1, 0, 2])).to_owned();
-        let c = quantize_weight("w", &perm, Layout::Conv, 8, Rounding::Squant).unwrap();
+        let c = quantize_weight("w", &perm, Layout::Conv, 8, Rounding::Squant, false).unwrap();
         assert_eq!(c.q.view().permuted_axes(IxDyn(&[1, 0, 2])).to_owned(), t.q);
     }
 
@@ -219,7 +259,7 @@ mod tests {
     fn scale_is_max_abs_over_qmax_and_values_stay_in_range() {
         let w = ArrayD::from_shape_vec(IxDyn(&[4, 3, 3, 3]), seeded(108, 5)).unwrap();
         for bits in 2..=8 {
-            let q = quantize_weight("w", &w, Layout::Conv, bits, Rounding::Squant).unwrap();
+            let q = quantize_weight("w", &w, Layout::Conv, bits, Rounding::Squant, false).unwrap();
             let qmax = (1i32 << (bits - 1)) - 1;
             let maxabs = w.iter().fold(0f32, |m, v| m.max(v.abs()));
             assert!((q.scale - maxabs / qmax as f32).abs() <= 1e-6 * maxabs);
@@ -233,14 +273,59 @@ mod tests {
     }
 
     #[test]
+    fn per_channel_scales_follow_each_output_channel() {
+        // Channel 1 is 100x larger than channel 0: per-tensor rounds channel 0 to few levels.
+        let mut v = seeded(2 * 3 * 9, 11);
+        for x in v.iter_mut().skip(27) {
+            *x *= 100.0;
+        }
+        let w = ArrayD::from_shape_vec(IxDyn(&[2, 3, 3, 3]), v).unwrap();
+        let q = quantize_weight("w", &w, Layout::Conv, 8, Rounding::Squant, true).unwrap();
+        let s = q.channel_scales.clone().unwrap();
+        assert_eq!(s.len(), 2);
+        for (o, sc) in s.iter().enumerate() {
+            let m = w.as_slice().unwrap()[o * 27..(o + 1) * 27]
+                .iter()
+                .fold(0f32, |a, v| a.max(v.abs()));
+            assert!((sc - m / 127.0).abs() <= 1e-6 * m, "{s:?}");
+        }
+        assert!(s[1] / s[0] > 50.0, "{s:?}");
+        for (o, sc) in s.iter().enumerate() {
+            let m = (0..27)
+                .map(|i| i32::from(q.q.as_slice().unwrap()[o * 27 + i]).abs())
+                .max()
+                .unwrap();
+            assert_eq!(m, 127, "channel {o} (scale {sc}) uses the full grid");
+        }
+        // Same layout rule as per-tensor: the transposed matrix gives transposed integers.
+        let m = ArrayD::from_shape_vec(IxDyn(&[4, 6]), seeded(24, 2)).unwrap();
+        let a =
+            quantize_weight("w", &m, Layout::RowsAreOutputs, 8, Rounding::Squant, true).unwrap();
+        let t = m.t().to_owned().into_dyn();
+        let b = quantize_weight(
+            "w",
+            &t,
+            Layout::ColumnsAreOutputs,
+            8,
+            Rounding::Squant,
+            true,
+        )
+        .unwrap();
+        assert_eq!(a.q.t().to_owned().into_dyn(), b.q);
+        assert_eq!(a.channel_scales, b.channel_scales);
+    }
+
+    #[test]
     fn bad_inputs_are_errors() {
         let mut w = ArrayD::from_shape_vec(IxDyn(&[2, 1, 1, 1]), vec![1.0, 2.0]).unwrap();
-        assert!(quantize_weight("w", &w, Layout::Conv, 9, Rounding::Squant)
-            .unwrap_err()
-            .to_string()
-            .contains("between 2 and 8"));
+        assert!(
+            quantize_weight("w", &w, Layout::Conv, 9, Rounding::Squant, false)
+                .unwrap_err()
+                .to_string()
+                .contains("between 2 and 8")
+        );
         w[[1, 0, 0, 0]] = f32::NAN;
-        let e = quantize_weight("conv.w", &w, Layout::Conv, 8, Rounding::Squant)
+        let e = quantize_weight("conv.w", &w, Layout::Conv, 8, Rounding::Squant, false)
             .unwrap_err()
             .to_string();
         assert!(e.contains("tensor `conv.w`") && e.contains("NaN"), "{e}");
