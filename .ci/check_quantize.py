@@ -87,10 +87,10 @@ def check(model, tmp):
     if np.sum(ref ** 2) > 1e-12:  # random-weight models can output ~0
         assert sqnr > 5.0, f"SQNR {sqnr:.1f} dB"
     n_int = sum(1 for n in onnx.load(outs[0]).graph.node if n.op_type in ("ConvInteger", "MatMulInteger"))
-    # The other formats: run in ORT, stay within 7 dB of the default format's SQNR, and pass
+    # The other formats: run in ORT, stay within a margin of the default format's SQNR, and pass
     # the rules of the runtime they are for.
     extra = []
-    for fmt, target in (("convinteger-u8", "ort-legacy"), ("qdq", "tensorrt"), ("qdq-u8", "ort")):
+    for fmt, target, margin in (("convinteger-u8", "ort-legacy", 0.5), ("qdq", "tensorrt", 13.0), ("qdq-u8", "ort", 7.0)):
         out = os.path.join(tmp, f"{fmt}-{name}")
         r = subprocess.run([BIN, "quantize", model, "-o", out, "--format", fmt],
                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -100,8 +100,9 @@ def check(model, tmp):
         n2 = np.sum((ref - y) ** 2)
         db = float("inf") if n2 == 0 else 10 * np.log10(np.sum(ref ** 2) / n2)
         if np.sum(ref ** 2) > 1e-12:
-            # qdq is int8 only: non-negative tensors lose the uint8 bit (6 dB).
-            assert db > sqnr - 7.0, f"{fmt}: SQNR {db:.1f} dB vs default {sqnr:.1f} dB"
+            # convinteger-u8 is lossless; qdq-u8 adds a Q after each layer; qdq is int8 only
+            # (non-negative tensors lose the uint8 bit, which compounds on deep stacks).
+            assert db > sqnr - margin, f"{fmt}: SQNR {db:.1f} dB vs default {sqnr:.1f} dB"
         r = subprocess.run([BIN, "check", out, "--target", target], stdout=subprocess.PIPE, text=True)
         assert r.returncode == 0, f"{fmt} breaks {target} rules: {r.stdout[:300]}"
         extra.append(f"{fmt} {db:.1f} dB")

@@ -239,6 +239,11 @@ struct QuantizeArgs {
     /// calibrated tools use; applied in the rescale or a per-axis DequantizeLinear).
     #[arg(long, default_value = "per-tensor", value_parser = ["per-tensor", "per-channel"])]
     granularity: String,
+    /// Data-free bias correction: subtract the expected output shift of the rounded weights,
+    /// with E[x] from BatchNormalization statistics (DFQ); layers BN statistics do not reach
+    /// are left alone.
+    #[arg(long, default_value = "on", value_parser = ["on", "off"])]
+    correct_bias: String,
     /// Weight rounding: nearest, squant-e (= nearest), squant-k, squant-c, squant (K then C).
     #[arg(long, default_value = "squant", value_parser = ["nearest", "squant-e", "squant-k", "squant-c", "squant"])]
     rounding: String,
@@ -536,6 +541,7 @@ fn quantize(args: QuantizeArgs) -> isquant::Result<ExitCode> {
     };
     let cfg = QuantizeConfig {
         format,
+        correct_bias: args.correct_bias == "on",
         granularity: if args.granularity == "per-channel" {
             q::Granularity::PerChannel
         } else {

