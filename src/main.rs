@@ -244,6 +244,14 @@ struct QuantizeArgs {
     /// are left alone.
     #[arg(long, default_value = "on", value_parser = ["on", "off"])]
     correct_bias: String,
+    /// Cross-layer equalization (DFQ): rescale Conv→(Relu)→Conv chains so each tensor's
+    /// channels share one range; the float model is unchanged.
+    #[arg(long, default_value = "off", value_parser = ["on", "off"])]
+    equalize: String,
+    /// ReLU6 between equalized layers: per-channel (exact: Relu + Min(6/s)), relu (replace,
+    /// changes the float model), stop (do not equalize across it).
+    #[arg(long, default_value = "per-channel", value_parser = ["per-channel", "relu", "stop"])]
+    relu6: String,
     /// Weight rounding: nearest, squant-e (= nearest), squant-k, squant-c, squant (K then C).
     #[arg(long, default_value = "squant", value_parser = ["nearest", "squant-e", "squant-k", "squant-c", "squant"])]
     rounding: String,
@@ -542,6 +550,12 @@ fn quantize(args: QuantizeArgs) -> isquant::Result<ExitCode> {
     let cfg = QuantizeConfig {
         format,
         correct_bias: args.correct_bias == "on",
+        equalize: args.equalize == "on",
+        relu6: match args.relu6.as_str() {
+            "relu" => isquant::passes::equalize::Relu6::Relu,
+            "stop" => isquant::passes::equalize::Relu6::Stop,
+            _ => isquant::passes::equalize::Relu6::PerChannel,
+        },
         granularity: if args.granularity == "per-channel" {
             q::Granularity::PerChannel
         } else {

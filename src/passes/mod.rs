@@ -7,6 +7,7 @@
 
 pub mod bias_correction;
 pub mod emit;
+pub mod equalize;
 pub mod fold_bn;
 pub mod quantize;
 pub mod ranges;

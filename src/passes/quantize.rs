@@ -104,6 +104,10 @@ pub struct QuantizeConfig {
     pub granularity: Granularity,
     /// Data-free bias correction from BN statistics (DFQ).
     pub correct_bias: bool,
+    /// Cross-layer equalization (DFQ).
+    pub equalize: bool,
+    /// ReLU6 handling under equalization.
+    pub relu6: super::equalize::Relu6,
 }
 
 impl Default for QuantizeConfig {
@@ -125,6 +129,8 @@ impl Default for QuantizeConfig {
             format: emit::Format::ConvInteger,
             granularity: Granularity::PerTensor,
             correct_bias: true,
+            equalize: false,
+            relu6: super::equalize::Relu6::PerChannel,
         }
     }
 }
@@ -212,6 +218,9 @@ pub struct QuantizeReport {
     pub skipped: Vec<Skip>,
     /// Layers whose bias was corrected (`--correct-bias`).
     pub bias_corrected: usize,
+    /// Cross-layer equalization (`--equalize on`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub equalized: Option<super::equalize::EqualizeReport>,
     /// Stage → milliseconds.
     pub timings_ms: Vec<(String, f64)>,
 }
@@ -388,9 +397,21 @@ pub fn quantize(
     progress("fold-bn");
     let t = Instant::now();
     model.graph.sort_topologically()?;
-    let fold = fold_bn::fold_batch_norms(model)?;
+    let mut fold = fold_bn::fold_batch_norms(model)?;
     model.graph.sort_topologically()?;
     stage("fold-bn", t, &mut timings);
+    let mut equalized = None;
+    if cfg.equalize {
+        progress("equalize");
+        let t = Instant::now();
+        equalized = Some(super::equalize::equalize(
+            model,
+            &mut fold.stats,
+            cfg.relu6,
+        )?);
+        model.graph.sort_topologically()?;
+        stage("equalize", t, &mut timings);
+    }
 
     // 2. Targets.
     let (all_targets, mut skipped) = targets::find_targets(&model.graph)?;
@@ -770,6 +791,7 @@ pub fn quantize(
         layers,
         skipped,
         bias_corrected: corrected,
+        equalized,
         timings_ms: timings,
     };
     // Keep the IR version as low as the opset allows (ONNX Runtime 1.15 rejects IR 10), when

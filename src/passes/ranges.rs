@@ -380,6 +380,30 @@ fn propagate(
             }
             _ => None,
         },
+        "Min" => match (input(0), constant(1)?) {
+            // Min(x, c): a per-channel upper bound (ReLU6 kept exact after equalization).
+            (Some(a), Some(c)) => {
+                let Some(c) = channel_constant(&c) else {
+                    return Ok(None);
+                };
+                let cmax = c.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                let mut d = Dist::interval(a.lo.min(cmax), a.hi.min(cmax));
+                if let Some(d) = d.as_mut() {
+                    d.moments = a.moments.as_ref().and_then(|m| {
+                        (c.len() == 1 || c.len() == m.len()).then(|| {
+                            m.iter()
+                                .enumerate()
+                                .map(|(ch, x)| {
+                                    stats::clip_moments(*x, f64::NEG_INFINITY, pick(&c, ch))
+                                })
+                                .collect()
+                        })
+                    });
+                }
+                d
+            }
+            _ => None,
+        },
         "Conv" | "Gemm" | "MatMul" => match input(0).and_then(|d| d.moments.as_ref()) {
             Some(m) => through_layer(graph, node, m, producers, n)?,
             None => None,
@@ -575,7 +599,7 @@ pub fn nonnegative_values(graph: &Graph) -> Result<HashSet<String>> {
             | "Resize" | "Upsample" | "ReduceMean" | "ReduceMax" => {
                 node.input(0).is_some_and(|x| nonneg.contains(x))
             }
-            "Concat" | "Add" | "Mul" | "Max" => all_inputs(0),
+            "Concat" | "Add" | "Mul" | "Max" | "Min" => all_inputs(0),
             "Div" => all_inputs(0),
             _ => match activation(node, graph, &producers)? {
                 Some(a) => a.non_negative(),

@@ -1,0 +1,127 @@
+//! Cross-layer equalization leaves the float model unchanged (ReLU6 kept exact per channel)
+//! and evens out per-channel weight ranges.
+
+use isquant::graph::Model;
+use isquant::passes::equalize::{equalize, Relu6};
+use isquant::passes::fold_bn::fold_batch_norms;
+use isquant::validate::{seeded_uniform, Source, TractModel};
+use prost::Message;
+
+use crate::common::{proto, MODELS};
+
+#[test]
+fn equalization_keeps_every_fixture_float_exact() {
+    let mut applied = 0;
+    for (name, shape, lo, hi) in MODELS {
+        let mut m = Model::from_proto(proto(name)).unwrap();
+        let mut fold = fold_batch_norms(&mut m).unwrap();
+        m.graph.sort_topologically().unwrap();
+        let before = m.to_proto().encode_to_vec();
+        let report = equalize(&mut m, &mut fold.stats, Relu6::PerChannel).unwrap();
+        m.graph.check().unwrap();
+        m.graph.sort_topologically().unwrap();
+        let after = m.to_proto().encode_to_vec();
+        if report.pairs.is_empty() {
+            continue;
+        }
+        applied += 1;
+        let x = seeded_uniform(shape, 17, *lo, *hi);
+        let run = |b: &[u8]| {
+            TractModel::load(Source::Bytes(b), &[shape.to_vec()])
+                .unwrap()
+                .run(std::slice::from_ref(&x))
+                .unwrap()
+                .remove(0)
+        };
+        let (a, b) = (run(&before), run(&after));
+        let scale = a.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-12);
+        let err = a
+            .iter()
+            .zip(b.iter())
+            .fold(0f32, |m, (p, q)| m.max((p - q).abs()))
+            / scale;
+        assert!(
+            err < 1e-4,
+            "{name}: {} pairs, relative error {err}",
+            report.pairs.len()
+        );
+    }
+    assert!(applied >= 2, "CLE applied to only {applied} fixtures");
+}
+
+#[test]
+fn relu6_stays_exact_and_ranges_even_out() {
+    use crate::common::build::{ints, Builder};
+    // Conv (4 channels with very different ranges) → Clip(0, 6) → depthwise → Relu → Conv.
+    let mut b = Builder::new(13).input("x", &[1, 3, 8, 8]);
+    let mut w1 = crate::common::build::seeded(4 * 3 * 9, 5);
+    for (i, v) in w1.iter_mut().enumerate() {
+        *v *= [0.05, 1.0, 8.0, 0.3][i / 27];
+    }
+    b = b
+        .init("w1", &[4, 3, 3, 3], w1)
+        .random("b1", &[4], 1.0, 0.0)
+        .init("lo", &[], vec![0.0])
+        .init("hi", &[], vec![6.0])
+        .random("w2", &[4, 1, 3, 3], 1.0, 0.0)
+        .random("b2", &[4], 0.5, 0.0)
+        .random("w3", &[5, 4, 1, 1], 1.0, 0.0)
+        .node(
+            "Conv",
+            &["x", "w1", "b1"],
+            &["c1"],
+            vec![ints("pads", &[1, 1, 1, 1])],
+        )
+        .node("Clip", &["c1", "lo", "hi"], &["r1"], vec![])
+        .node(
+            "Conv",
+            &["r1", "w2", "b2"],
+            &["c2"],
+            vec![
+                ints("pads", &[1, 1, 1, 1]),
+                crate::common::build::i("group", 4),
+            ],
+        )
+        .node("Relu", &["c2"], &["r2"], vec![])
+        .node("Conv", &["r2", "w3"], &["y"], vec![])
+        .output("y");
+    let p = b.build();
+    let mut m = Model::from_proto(p.clone()).unwrap();
+    let mut stats = Default::default();
+    let r = equalize(&mut m, &mut stats, Relu6::PerChannel).unwrap();
+    assert_eq!(r.pairs.len(), 2, "{r:?}");
+    assert_eq!(r.relu6_rewritten, 1);
+    m.graph.check().unwrap();
+    let x = seeded_uniform(&[1, 3, 8, 8], 4, -3.0, 3.0);
+    let run = |b: &[u8]| {
+        TractModel::load(Source::Bytes(b), &[vec![1, 3, 8, 8]])
+            .unwrap()
+            .run(std::slice::from_ref(&x))
+            .unwrap()
+            .remove(0)
+    };
+    let a = run(&p.encode_to_vec());
+    let q = run(&m.to_proto().encode_to_vec());
+    let scale = a.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let err = a
+        .iter()
+        .zip(q.iter())
+        .fold(0f32, |m, (u, v)| m.max((u - v).abs()))
+        / scale;
+    assert!(err < 1e-4, "relative error {err}");
+    // The first layer's per-channel ranges moved toward each other.
+    let producers = m.graph.producers();
+    let conv = m.graph.nodes.iter().find(|n| n.is("Conv")).unwrap();
+    let w = m
+        .graph
+        .constant_f32(conv.input(1).unwrap(), &producers)
+        .unwrap()
+        .unwrap();
+    let ranges: Vec<f32> = w
+        .outer_iter()
+        .map(|c| c.iter().fold(0f32, |m, v| m.max(v.abs())))
+        .collect();
+    let spread = ranges.iter().cloned().fold(0f32, f32::max)
+        / ranges.iter().cloned().fold(f32::MAX, f32::min);
+    assert!(spread < 20.0, "ranges after CLE {ranges:?}");
+}
