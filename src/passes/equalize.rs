@@ -285,7 +285,7 @@ pub fn equalize(
         }
     }
     // Insert the Min nodes right after their Relu (highest index first keeps indices valid).
-    new_nodes.sort_by(|a, b| b.0.cmp(&a.0));
+    new_nodes.sort_by_key(|n| std::cmp::Reverse(n.0));
     for (at, n) in new_nodes {
         model.graph.insert_nodes(at + 1, vec![n]);
     }
