@@ -679,6 +679,20 @@ fn print_summary(
         "weights    W{} per-tensor symmetric, rounding {}: {flips} of {weights} weights differ from round-to-nearest",
         r.config.weight_bits, r.rounding
     );
+    if let Some(e) = &r.equalized {
+        out!(
+            "equalize   {} layer pairs in {} passes, {} ReLU6 rewritten",
+            e.pairs.len(),
+            e.passes,
+            e.relu6_rewritten
+        );
+    }
+    if r.config.correct_bias {
+        out!(
+            "bias       {} layers corrected (data-free, from BN statistics)",
+            r.bias_corrected
+        );
+    }
     let rules: Vec<String> = rules.iter().map(|(k, v)| format!("{v} {k}")).collect();
     out!("activations A{}: {}", r.config.act_bits, rules.join(", "));
     for l in r.layers.iter().filter(|l| l.mode != "integer") {
