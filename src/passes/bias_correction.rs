@@ -25,9 +25,25 @@ pub fn bias_shift(
     group: usize,
     mean: &[f64],
 ) -> Option<Vec<f64>> {
+    use rayon::prelude::*;
     let shape = w.shape();
-    let wf: Vec<f32> = w.iter().copied().collect();
-    let qf: Vec<i8> = qw.q.iter().copied().collect();
+    // Contiguous views (weights decoded from initializers are in standard layout).
+    let wf_owned;
+    let wf: &[f32] = match w.as_slice() {
+        Some(s) => s,
+        None => {
+            wf_owned = w.iter().copied().collect::<Vec<f32>>();
+            &wf_owned
+        }
+    };
+    let qf_owned;
+    let qf: &[i8] = match qw.q.as_slice() {
+        Some(s) => s,
+        None => {
+            qf_owned = qw.q.iter().copied().collect::<Vec<i8>>();
+            &qf_owned
+        }
+    };
     let scale =
         |o: usize| -> f64 { f64::from(qw.channel_scales.as_ref().map_or(qw.scale, |c| c[o])) };
     let eps = |idx: usize, o: usize| f64::from(qf[idx]) * scale(o) - f64::from(wf[idx]);
@@ -42,6 +58,7 @@ pub fn bias_shift(
             let per_group = o_n / group;
             Some(
                 (0..o_n)
+                    .into_par_iter()
                     .map(|o| {
                         let g = o / per_group;
                         (0..i_n)

@@ -576,6 +576,14 @@ pub fn quantize(
         } else {
             bn.clone()
         };
+        // Initializers change, nodes do not: one producer index and one name set serve all.
+        let producers: std::collections::HashMap<String, usize> = model
+            .graph
+            .producers()
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
+        let mut names = crate::graph::names::NameGen::new(model.graph.taken_names());
         for ((target, (w, layout)), qw) in chosen.iter().zip(&inputs).zip(&quantized) {
             let node = model.graph.nodes[target.node].clone();
             let Some(mean) = node
@@ -591,7 +599,7 @@ pub fn quantize(
             else {
                 continue;
             };
-            if apply_bias_shift(model, target.node, &delta)? {
+            if apply_bias_shift(model, &mut names, &producers, target.node, &delta)? {
                 corrected += 1;
             }
         }
@@ -816,7 +824,13 @@ pub fn quantize(
 
 /// Subtracts `delta` (one value per output channel) from a Conv/Gemm bias, creating the bias
 /// when the layer has none. Returns false for layers it cannot correct (MatMul, non-vector C).
-fn apply_bias_shift(model: &mut Model, node: usize, delta: &[f64]) -> Result<bool> {
+fn apply_bias_shift(
+    model: &mut Model,
+    names: &mut crate::graph::names::NameGen,
+    producers: &std::collections::HashMap<String, usize>,
+    node: usize,
+    delta: &[f64],
+) -> Result<bool> {
     use ndarray::IxDyn;
     let n = model.graph.nodes[node].clone();
     if !(n.is("Conv") || n.is("Gemm")) {
@@ -830,9 +844,10 @@ fn apply_bias_shift(model: &mut Model, node: usize, delta: &[f64]) -> Result<boo
     if beta == 0.0 {
         return Ok(false);
     }
-    let producers = model.graph.producers();
+    let prod: std::collections::HashMap<&str, usize> =
+        producers.iter().map(|(k, v)| (k.as_str(), *v)).collect();
     let current: Vec<f64> = match n.input(2) {
-        Some(b) => match model.graph.constant_f32(b, &producers)? {
+        Some(b) => match model.graph.constant_f32(b, &prod)? {
             Some(a) if a.len() == delta.len() => a.iter().map(|&v| f64::from(v)).collect(),
             Some(a) if a.len() == 1 => {
                 vec![f64::from(a.iter().next().copied().unwrap_or(0.0)); delta.len()]
@@ -841,14 +856,13 @@ fn apply_bias_shift(model: &mut Model, node: usize, delta: &[f64]) -> Result<boo
         },
         None => vec![0.0; delta.len()],
     };
-    drop(producers);
+    drop(prod);
     let values: Vec<f32> = current
         .iter()
         .zip(delta)
         .map(|(b, d)| (b - d / beta) as f32)
         .collect();
     let base = n.input(1).unwrap_or("w").to_string();
-    let mut names = crate::graph::names::NameGen::new(model.graph.taken_names());
     let name = names.fresh(&base, "_bias_corrected");
     let arr = ArrayD::from_shape_vec(IxDyn(&[values.len()]), values)
         .map_err(|e| n.error(format!("bias correction: {e}")))?;
