@@ -850,8 +850,6 @@ fn preprocess(a: &InputArgs) -> isquant::Result<isquant::inputs::Preprocess> {
 
 /// The model input's dimensions (`None` = symbolic or unknown).
 fn input_dims(m: &isquant::graph::Model) -> isquant::Result<Vec<Option<usize>>> {
-    use isquant::onnx::pb::tensor_shape_proto::dimension::Value as Dim;
-    use isquant::onnx::pb::type_proto::Value;
     let inputs = m.graph.real_inputs();
     let [input] = inputs.as_slice() else {
         return Err(isquant::Error::Config(format!(
@@ -859,22 +857,9 @@ fn input_dims(m: &isquant::graph::Model) -> isquant::Result<Vec<Option<usize>>> 
             inputs.len()
         )));
     };
-    Ok(match input.r#type.as_ref().and_then(|t| t.value.as_ref()) {
-        Some(Value::TensorType(tt)) => tt
-            .shape
-            .as_ref()
-            .map(|s| {
-                s.dim
-                    .iter()
-                    .map(|d| match d.value {
-                        Some(Dim::DimValue(v)) if v > 0 => Some(v as usize),
-                        _ => None,
-                    })
-                    .collect()
-            })
-            .unwrap_or_default(),
-        _ => Vec::new(),
-    })
+    Ok(m.graph
+        .input_dims(input.name.as_deref().unwrap_or(""))
+        .unwrap_or_default())
 }
 
 fn load_labels(

@@ -29,7 +29,7 @@ use super::weights::{self, Layout};
 use super::Skip;
 use crate::error::{Error, Result};
 use crate::graph::Model;
-use crate::onnx::pb;
+
 use crate::squant::Rounding;
 
 /// Where activation ranges come from (`--act-ranges`).
@@ -284,8 +284,6 @@ pub fn forward_batches(
     chunk: usize,
     mut fill: impl FnMut(&[usize], usize) -> ArrayD<f32>,
 ) -> Result<Vec<Vec<ArrayD<f32>>>> {
-    use pb::tensor_shape_proto::dimension::Value as Dim;
-    use pb::type_proto::Value;
     let inputs = model.graph.real_inputs();
     let [input] = inputs.as_slice() else {
         return Err(Error::Config(format!(
@@ -294,22 +292,7 @@ pub fn forward_batches(
         )));
     };
     let name = input.name.clone().unwrap_or_default();
-    let dims: Vec<Option<usize>> = match input.r#type.as_ref().and_then(|t| t.value.as_ref()) {
-        Some(Value::TensorType(tt)) => tt
-            .shape
-            .as_ref()
-            .map(|s| {
-                s.dim
-                    .iter()
-                    .map(|d| match d.value {
-                        Some(Dim::DimValue(v)) if v > 0 => Some(v as usize),
-                        _ => None,
-                    })
-                    .collect()
-            })
-            .unwrap_or_default(),
-        _ => Vec::new(),
-    };
+    let dims = model.graph.input_dims(&name).unwrap_or_default();
     let shape: Vec<Option<usize>> = match input_shape {
         Some(s) => s.iter().map(|&d| Some(d)).collect(),
         None => dims,
