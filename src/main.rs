@@ -240,8 +240,8 @@ struct QuantizeArgs {
     #[arg(long, default_value = "per-tensor", value_parser = ["per-tensor", "per-channel"])]
     granularity: String,
     /// Data-free bias correction: subtract the expected output shift of the rounded weights,
-    /// with E[x] from BatchNormalization statistics (DFQ); layers BN statistics do not reach
-    /// are left alone.
+    /// with E[x] from BatchNormalization statistics (DFQ), else from the per-channel means of
+    /// the noise / calibration pass; layers neither reaches are left alone.
     #[arg(long, default_value = "on", value_parser = ["on", "off"])]
     correct_bias: String,
     /// Cross-layer equalization (DFQ): rescale Conv→(Relu)→Conv chains so each tensor's

@@ -5,8 +5,9 @@
 //! `E[ŷ_o] − E[y_o] = Σ_{i,k} ε[o,i,k]·E[x_i]`, so the bias becomes
 //! `b'_o = b_o − Σ_{i,k} ε[o,i,k]·E[x_i]` (depthwise and grouped convs sum over their own
 //! group's input channels). `E[x_i]` comes from BatchNormalization statistics pushed through
-//! the activations (clipped-normal means; see [`super::ranges`]). Run after SQuant, with the
-//! actual rounding error.
+//! the activations (clipped-normal means; see [`super::ranges`]) or, where the exporter already
+//! folded BN, from the per-channel means of the same noise (or calibration) forward pass the
+//! activation ranges use. Run after SQuant, with the actual rounding error.
 //!
 //! Preconditions: the per-channel means cover every input channel (otherwise the layer is left
 //! alone); ConvTranspose is not corrected. Zero-padding at image borders is ignored, as in DFQ

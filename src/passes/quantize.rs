@@ -551,42 +551,6 @@ pub fn quantize(
             })
             .collect::<Result<Vec<_>>>()?
     };
-    // Bias correction: E[x] per input channel from BN statistics (whatever rule sets ranges).
-    let mut corrected = 0usize;
-    if cfg.correct_bias {
-        let stats_dists = if bn.is_empty() {
-            ranges::bn_ranges(&model.graph, &fold.stats, cfg.bn_sigmas)?
-        } else {
-            bn.clone()
-        };
-        // Initializers change, nodes do not: one producer index and one name set serve all.
-        let producers: std::collections::HashMap<String, usize> = model
-            .graph
-            .producers()
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v))
-            .collect();
-        let mut names = crate::graph::names::NameGen::new(model.graph.taken_names());
-        for ((target, (w, layout)), qw) in chosen.iter().zip(&inputs).zip(&quantized) {
-            let node = model.graph.nodes[target.node].clone();
-            let Some(mean) = node
-                .input(0)
-                .and_then(|x| stats_dists.get(x))
-                .and_then(|d| d.moments.as_ref())
-                .map(|m| m.iter().map(|c| c.mean).collect::<Vec<f64>>())
-            else {
-                continue;
-            };
-            let group = node.attr_int("group")?.unwrap_or(1).max(1) as usize;
-            let Some(delta) = super::bias_correction::bias_shift(w, qw, *layout, group, &mean)
-            else {
-                continue;
-            };
-            if apply_bias_shift(model, &mut names, &producers, target.node, &delta)? {
-                corrected += 1;
-            }
-        }
-    }
     stage("squant", tw, &mut timings);
     let squant_time = tw.elapsed();
 
@@ -644,6 +608,44 @@ pub fn quantize(
         };
         ranges::observe(model, &observe_values, &batches, 97, |_, _| {})?
     };
+    // Bias correction: E[x] per input channel from BN statistics (whatever rule sets ranges),
+    // else from the per-channel means of the noise / calibration pass.
+    let mut corrected = 0usize;
+    if cfg.correct_bias {
+        let stats_dists = if bn.is_empty() {
+            ranges::bn_ranges(&model.graph, &fold.stats, cfg.bn_sigmas)?
+        } else {
+            bn.clone()
+        };
+        // Initializers change, nodes do not: one producer index and one name set serve all.
+        let producers: std::collections::HashMap<String, usize> = model
+            .graph
+            .producers()
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
+        let mut names = crate::graph::names::NameGen::new(model.graph.taken_names());
+        for ((target, (w, layout)), qw) in chosen.iter().zip(&inputs).zip(&quantized) {
+            let node = model.graph.nodes[target.node].clone();
+            let x = node.input(0).unwrap_or("");
+            let from_bn = stats_dists
+                .get(x)
+                .and_then(|d| d.moments.as_ref())
+                .map(|m| m.iter().map(|c| c.mean).collect::<Vec<f64>>());
+            let from_data = || observed.get(x).and_then(Observed::channel_means);
+            let Some(mean) = from_bn.or_else(from_data) else {
+                continue;
+            };
+            let group = node.attr_int("group")?.unwrap_or(1).max(1) as usize;
+            let Some(delta) = super::bias_correction::bias_shift(w, qw, *layout, group, &mean)
+            else {
+                continue;
+            };
+            if apply_bias_shift(model, &mut names, &producers, target.node, &delta)? {
+                corrected += 1;
+            }
+        }
+    }
     timings.push((
         "ranges".to_string(),
         t.elapsed().saturating_sub(squant_time).as_secs_f64() * 1e3,

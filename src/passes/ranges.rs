@@ -638,6 +638,12 @@ pub struct Observed {
     /// and clipping rates).
     #[serde(skip)]
     pub sample: Vec<f32>,
+    /// Per-channel sums (channel axis 1, for tensors of rank ≥ 2) and the element count per
+    /// channel: the per-channel means bias correction needs where BN statistics are gone.
+    #[serde(skip)]
+    pub channel_sum: Vec<f64>,
+    #[serde(skip)]
+    channel_count: u64,
     #[serde(skip)]
     seen: u64,
 }
@@ -647,6 +653,17 @@ impl Observed {
         if self.count == 0 {
             self.min = f64::INFINITY;
             self.max = f64::NEG_INFINITY;
+        }
+        if values.ndim() >= 2 {
+            let c = values.shape()[1];
+            if self.channel_sum.len() != c {
+                self.channel_sum = vec![0.0; c];
+                self.channel_count = 0;
+            }
+            for (k, lane) in values.axis_iter(ndarray::Axis(1)).enumerate() {
+                self.channel_sum[k] += lane.iter().map(|&v| f64::from(v)).sum::<f64>();
+            }
+            self.channel_count += (values.len() / c.max(1)) as u64;
         }
         for &v in values.iter() {
             let i = self.seen;
@@ -710,6 +727,16 @@ impl Observed {
             .filter(|&&v| f64::from(v) > limit)
             .count();
         n as f64 / self.sample.len() as f64
+    }
+
+    /// Per-channel means (channel axis 1), when the tensor has channels.
+    pub fn channel_means(&self) -> Option<Vec<f64>> {
+        (self.channel_count > 0 && !self.channel_sum.is_empty()).then(|| {
+            self.channel_sum
+                .iter()
+                .map(|s| s / self.channel_count as f64)
+                .collect()
+        })
     }
 
     /// `max|x|`.
