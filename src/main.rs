@@ -119,6 +119,8 @@ Examples:
 Activation ranges (--act-ranges):
   auto       BN statistics where they reach a tensor (the BN-analytic rule), SQuant's noise
              rule elsewhere (default)
+  noise-channels  like auto, but where BN is gone the BN-analytic rule on per-channel noise
+             statistics of feature maps (better on BN-folded exports such as MobileNetV2)
   bn         BN statistics only; tensors they do not reach keep a float input
   noise      SQuant's rule: a seeded batch of U[0,1) noise through the float model (tract),
              alpha = k*std (k = 25 at 8 bits, 14 at 6, 12 at 4), /1.25 for signed tensors
@@ -255,8 +257,8 @@ struct QuantizeArgs {
     /// Weight rounding: nearest, squant-e (= nearest), squant-k, squant-c, squant (K then C).
     #[arg(long, default_value = "squant", value_parser = ["nearest", "squant-e", "squant-k", "squant-c", "squant"])]
     rounding: String,
-    /// Where activation ranges come from: auto, bn, noise, calibrate.
-    #[arg(long, default_value = "auto", value_parser = ["auto", "bn", "noise", "calibrate"])]
+    /// Where activation ranges come from: auto, bn, noise, noise-channels, calibrate.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "bn", "noise", "noise-channels", "calibrate"])]
     act_ranges: String,
     /// N of the BN rule: a range covers mean ± N·std of each channel.
     #[arg(long, default_value_t = 6.0)]
@@ -502,6 +504,7 @@ fn quantize(args: QuantizeArgs) -> isquant::Result<ExitCode> {
     };
     let act_ranges = match args.act_ranges.as_str() {
         "bn" => ActRanges::Bn,
+        "noise-channels" => ActRanges::NoiseChannels,
         "noise" => ActRanges::Noise,
         "calibrate" => ActRanges::Calibrate,
         _ => {

@@ -39,6 +39,9 @@ pub enum ActRanges {
     /// BN statistics where they reach a tensor, SQuant's noise rule elsewhere.
     #[default]
     Auto,
+    /// BN statistics where they reach a tensor; elsewhere the BN-analytic rule on per-channel
+    /// statistics of the noise pass (feature maps; SQuant's rule for other tensors).
+    NoiseChannels,
     /// BN statistics only (tensors they do not reach keep a float input).
     Bn,
     /// SQuant's noise rule everywhere.
@@ -456,7 +459,7 @@ pub fn quantize(
         .collect();
     let nonneg = ranges::nonnegative_values(&model.graph)?;
     let bn = match cfg.act_ranges {
-        ActRanges::Auto | ActRanges::Bn => {
+        ActRanges::Auto | ActRanges::Bn | ActRanges::NoiseChannels => {
             ranges::bn_ranges(&model.graph, &fold.stats, cfg.bn_sigmas)?
         }
         _ => BTreeMap::new(),
@@ -489,7 +492,9 @@ pub fn quantize(
             }
         } else {
             match cfg.act_ranges {
-                ActRanges::Auto => bn.get(&x).cloned().map_or(Source::Observe, Source::Dist),
+                ActRanges::Auto | ActRanges::NoiseChannels => {
+                    bn.get(&x).cloned().map_or(Source::Observe, Source::Dist)
+                }
                 ActRanges::Bn => bn.get(&x).cloned().map_or_else(
                     || {
                         Source::Float(format!(
@@ -575,7 +580,9 @@ pub fn quantize(
     for v in output_values.iter().flatten() {
         let needs_data = match cfg.act_ranges {
             // Only when a forward pass runs anyway: an output Q is an optimisation.
-            ActRanges::Auto => !bn.get(v).is_some_and(|d| d.rule == RangeRule::Bn) && pass_runs,
+            ActRanges::Auto | ActRanges::NoiseChannels => {
+                !bn.get(v).is_some_and(|d| d.rule == RangeRule::Bn) && pass_runs
+            }
             ActRanges::Noise | ActRanges::Calibrate => true,
             ActRanges::Bn => false,
         };
@@ -670,12 +677,20 @@ pub fn quantize(
                     let alpha = match (cfg.act_ranges, cfg.calibration_method) {
                         (ActRanges::Calibrate, CalibrationMethod::MinMax) => o.max_abs(),
                         (ActRanges::Calibrate, CalibrationMethod::Percentile(p)) => o.percentile(p),
+                        // The BN-analytic rule on per-channel statistics of the noise pass.
+                        (ActRanges::NoiseChannels, _) => o
+                            .channel_gaussian_bound(cfg.bn_sigmas)
+                            .unwrap_or_else(|| o.sigma_rule(cfg.act_bits).0),
                         _ => o.sigma_rule(cfg.act_bits).0,
                     };
-                    let rule = if cfg.act_ranges == ActRanges::Calibrate {
-                        RangeRule::Calibrate
-                    } else {
-                        RangeRule::Noise
+                    let rule = match cfg.act_ranges {
+                        ActRanges::Calibrate => RangeRule::Calibrate,
+                        ActRanges::NoiseChannels
+                            if o.channel_gaussian_bound(cfg.bn_sigmas).is_some() =>
+                        {
+                            RangeRule::NoiseChannels
+                        }
+                        _ => RangeRule::Noise,
                     };
                     ((-alpha, alpha), Some(rule), Some(o.clone()), None)
                 }
@@ -888,6 +903,7 @@ pub fn config_summary(cfg: &QuantizeConfig) -> String {
         rounding_name(cfg.rounding),
         match cfg.act_ranges {
             ActRanges::Auto => "auto",
+            ActRanges::NoiseChannels => "noise-channels",
             ActRanges::Bn => "bn",
             ActRanges::Noise => "noise",
             ActRanges::Calibrate => "calibrate",
@@ -897,7 +913,10 @@ pub fn config_summary(cfg: &QuantizeConfig) -> String {
     if let Some((lo, hi)) = cfg.input_range {
         s.push_str(&format!(" input-range={lo}:{hi}"));
     }
-    if matches!(cfg.act_ranges, ActRanges::Auto | ActRanges::Noise) {
+    if matches!(
+        cfg.act_ranges,
+        ActRanges::Auto | ActRanges::Noise | ActRanges::NoiseChannels
+    ) {
         s.push_str(&format!(
             " noise-batch={} noise-seed={}",
             cfg.noise_batch, cfg.noise_seed
