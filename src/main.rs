@@ -250,6 +250,10 @@ struct QuantizeArgs {
     /// channels share one range; the float model is unchanged.
     #[arg(long, default_value = "off", value_parser = ["on", "off"])]
     equalize: String,
+    /// High-bias absorption after equalization (DFQ): move `max(0, μ − 3σ)` of each equalized
+    /// layer's bias into the next layer's bias (needs --equalize on and BN statistics).
+    #[arg(long, default_value = "off", value_parser = ["on", "off"])]
+    absorb_bias: String,
     /// ReLU6 between equalized layers: per-channel (exact: Relu + Min(6/s)), relu (replace,
     /// changes the float model), stop (do not equalize across it).
     #[arg(long, default_value = "per-channel", value_parser = ["per-channel", "relu", "stop"])]
@@ -554,6 +558,7 @@ fn quantize(args: QuantizeArgs) -> isquant::Result<ExitCode> {
         format,
         correct_bias: args.correct_bias == "on",
         equalize: args.equalize == "on",
+        absorb_bias: args.absorb_bias == "on",
         relu6: match args.relu6.as_str() {
             "relu" => isquant::passes::equalize::Relu6::Relu,
             "stop" => isquant::passes::equalize::Relu6::Stop,

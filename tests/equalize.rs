@@ -17,7 +17,7 @@ fn equalization_keeps_every_fixture_float_exact() {
         let mut fold = fold_batch_norms(&mut m).unwrap();
         m.graph.sort_topologically().unwrap();
         let before = m.to_proto().encode_to_vec();
-        let report = equalize(&mut m, &mut fold.stats, Relu6::PerChannel).unwrap();
+        let report = equalize(&mut m, &mut fold.stats, Relu6::PerChannel, false).unwrap();
         m.graph.check().unwrap();
         m.graph.sort_topologically().unwrap();
         let after = m.to_proto().encode_to_vec();
@@ -88,7 +88,7 @@ fn relu6_stays_exact_and_ranges_even_out() {
     let p = b.build();
     let mut m = Model::from_proto(p.clone()).unwrap();
     let mut stats = Default::default();
-    let r = equalize(&mut m, &mut stats, Relu6::PerChannel).unwrap();
+    let r = equalize(&mut m, &mut stats, Relu6::PerChannel, false).unwrap();
     assert_eq!(r.pairs.len(), 2, "{r:?}");
     assert_eq!(r.relu6_rewritten, 1);
     m.graph.check().unwrap();
@@ -124,4 +124,57 @@ fn relu6_stays_exact_and_ranges_even_out() {
     let spread = ranges.iter().cloned().fold(0f32, f32::max)
         / ranges.iter().cloned().fold(f32::MAX, f32::min);
     assert!(spread < 20.0, "ranges after CLE {ranges:?}");
+}
+
+#[test]
+fn high_bias_absorption_is_exact_when_preactivations_stay_above_c() {
+    use crate::common::build::Builder;
+    use isquant::passes::fold_bn::ChannelStats;
+    // A: 1x1 conv with a large positive bias (pre-activation ≈ 10 ± small), Relu, B: 1x1 conv.
+    let p = Builder::new(13)
+        .input("x", &[1, 3, 4, 4])
+        .random("wa", &[4, 3, 1, 1], 0.2, 0.0)
+        .init("ba", &[4], vec![10.0, 12.0, 8.0, 11.0])
+        .random("wb", &[2, 4, 1, 1], 1.0, 0.0)
+        .random("bb", &[2], 1.0, 0.0)
+        .node("Conv", &["x", "wa", "ba"], &["ya"], vec![])
+        .node("Relu", &["ya"], &["ra"], vec![])
+        .node("Conv", &["ra", "wb", "bb"], &["y"], vec![])
+        .output("y")
+        .build();
+    let mut m = Model::from_proto(p.clone()).unwrap();
+    let mut stats = std::collections::BTreeMap::new();
+    stats.insert(
+        "ya".to_string(),
+        ChannelStats {
+            mean: vec![10.0, 12.0, 8.0, 11.0],
+            std: vec![0.5, 0.5, 0.5, 0.5],
+            source: "test".into(),
+        },
+    );
+    let r = equalize(&mut m, &mut stats, Relu6::PerChannel, true).unwrap();
+    assert_eq!(r.pairs.len(), 1);
+    // A's bias lost c = μ/s − 3σ/s: the recorded mean dropped accordingly.
+    assert!(
+        stats["ya"].mean.iter().all(|&v| v < 5.0),
+        "{:?}",
+        stats["ya"].mean
+    );
+    let x = seeded_uniform(&[1, 3, 4, 4], 8, -1.0, 1.0);
+    let run = |b: &[u8]| {
+        TractModel::load(Source::Bytes(b), &[vec![1, 3, 4, 4]])
+            .unwrap()
+            .run(std::slice::from_ref(&x))
+            .unwrap()
+            .remove(0)
+    };
+    let a = run(&p.encode_to_vec());
+    let b = run(&m.to_proto().encode_to_vec());
+    let scale = a.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let err = a
+        .iter()
+        .zip(b.iter())
+        .fold(0f32, |m, (u, v)| m.max((u - v).abs()))
+        / scale;
+    assert!(err < 1e-4, "relative error {err}");
 }

@@ -111,6 +111,8 @@ pub struct QuantizeConfig {
     pub equalize: bool,
     /// ReLU6 handling under equalization.
     pub relu6: super::equalize::Relu6,
+    /// High-bias absorption after equalization.
+    pub absorb_bias: bool,
 }
 
 impl Default for QuantizeConfig {
@@ -134,6 +136,7 @@ impl Default for QuantizeConfig {
             correct_bias: true,
             equalize: false,
             relu6: super::equalize::Relu6::PerChannel,
+            absorb_bias: false,
         }
     }
 }
@@ -394,6 +397,7 @@ pub fn quantize(
             model,
             &mut fold.stats,
             cfg.relu6,
+            cfg.absorb_bias,
         )?);
         model.graph.sort_topologically()?;
         stage("equalize", t, &mut timings);
