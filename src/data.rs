@@ -112,7 +112,17 @@ pub fn write_npy(path: &Path, a: &ArrayD<f32>) -> Result<()> {
         1 => format!("({},)", dims[0]),
         _ => format!("({})", dims.join(", ")),
     };
-    let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {shape}, }}");
+    let mut out = npy_header("<f4", &shape);
+    for v in a.iter() {
+        out.extend(v.to_le_bytes());
+    }
+    crate::onnx::io::write_atomic(path, &out)
+}
+
+/// The `.npy` v1 magic, version and header (padded to 64 bytes) for `descr` and a Python
+/// shape tuple such as `(2, 3)`.
+fn npy_header(descr: &str, shape: &str) -> Vec<u8> {
+    let mut header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
     while (10 + header.len() + 1) % 64 != 0 {
         header.push(' ');
     }
@@ -120,10 +130,7 @@ pub fn write_npy(path: &Path, a: &ArrayD<f32>) -> Result<()> {
     let mut out = b"\x93NUMPY\x01\x00".to_vec();
     out.extend((header.len() as u16).to_le_bytes());
     out.extend(header.as_bytes());
-    for v in a.iter() {
-        out.extend(v.to_le_bytes());
-    }
-    crate::onnx::io::write_atomic(path, &out)
+    out
 }
 
 fn check(path: &Path, got: usize, want: usize) -> Result<()> {
@@ -142,15 +149,7 @@ mod tests {
     use super::*;
 
     fn npy(descr: &str, shape: &str, data: &[u8]) -> Vec<u8> {
-        let mut header =
-            format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
-        while (10 + header.len() + 1) % 64 != 0 {
-            header.push(' ');
-        }
-        header.push('\n');
-        let mut out = b"\x93NUMPY\x01\x00".to_vec();
-        out.extend((header.len() as u16).to_le_bytes());
-        out.extend(header.as_bytes());
+        let mut out = npy_header(descr, shape);
         out.extend(data);
         out
     }
