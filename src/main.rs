@@ -306,6 +306,16 @@ struct QuantizeArgs {
     /// ort-legacy (convinteger-u8), tensorrt (qdq, int8 only).
     #[arg(long, value_parser = ["tract", "ort", "ort-legacy", "tensorrt"])]
     target: Option<String>,
+    /// Q/DQ formats: exact puts a Q -> DQ after a layer only where the next layers quantize
+    /// that value at the same scale anyway, so the model computes what convinteger computes;
+    /// all also quantizes every other layer output and both inputs of residual Adds, so ONNX
+    /// Runtime fuses more (faster), at the cost of extra rounding.
+    #[arg(long, default_value = "exact", value_parser = ["exact", "all"])]
+    qdq_outputs: String,
+    /// Activation encoding: auto (uint8 where the value is non-negative, e.g. after Relu; else
+    /// int8) or int8 everywhere (TensorRT; --format qdq always uses int8).
+    #[arg(long, default_value = "auto", value_parser = ["auto", "int8"])]
+    activation_type: String,
     /// Write the JSON report (per-layer scales, flips, ranges, skipped nodes) here.
     #[arg(long, value_name = "FILE.json")]
     report: Option<PathBuf>,
@@ -554,8 +564,24 @@ fn quantize(args: QuantizeArgs) -> isquant::Result<ExitCode> {
         "convinteger-u8" => Format::ConvIntegerU8,
         _ => Format::ConvInteger,
     };
+    if args.qdq_outputs == "all" && !format.is_qdq() {
+        return Err(isquant::Error::Config(format!(
+            "--qdq-outputs all needs --format qdq or qdq-u8 (the format is {})",
+            format.name()
+        )));
+    }
     let cfg = QuantizeConfig {
         format,
+        qdq_outputs: if args.qdq_outputs == "all" {
+            isquant::passes::emit::QdqOutputs::All
+        } else {
+            isquant::passes::emit::QdqOutputs::Exact
+        },
+        activation_type: if args.activation_type == "int8" {
+            q::ActivationType::Int8
+        } else {
+            q::ActivationType::Auto
+        },
         correct_bias: args.correct_bias == "on",
         equalize: args.equalize == "on",
         absorb_bias: args.absorb_bias == "on",

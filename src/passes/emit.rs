@@ -79,6 +79,32 @@ impl Format {
     }
 }
 
+/// Where the Q/DQ formats put a `Q → DQ` after a layer (`--qdq-outputs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum QdqOutputs {
+    /// Only where it reproduces the integer format's arithmetic: every reader of the output
+    /// (directly, or through one Relu / Clip(≥ 0)) is a quantized layer reading it at the
+    /// same scale, so the Q is the one those layers would apply anyway. The model computes
+    /// what `convinteger` computes, up to float summation order.
+    #[default]
+    Exact,
+    /// After every layer whose output has a range, and on both inputs of residual Adds:
+    /// more `DQ → op → Q` groups for runtimes to fuse (faster in ONNX Runtime), at the cost
+    /// of extra quantization points the integer format does not have.
+    All,
+}
+
+impl QdqOutputs {
+    /// The CLI name.
+    pub fn name(self) -> &'static str {
+        match self {
+            QdqOutputs::Exact => "exact",
+            QdqOutputs::All => "all",
+        }
+    }
+}
+
 /// How a layer's activation input is quantized.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ActQuant {
@@ -254,7 +280,15 @@ struct OutQ {
 /// the activation anyway; with `qdq-u8` the uint8 Q *is* the activation, which is removed
 /// when its upper bound is not below the Q's); the layer's own output range. Graph outputs
 /// stay float.
-fn output_quants(graph: &Graph, plans: &[LayerPlan], format: Format) -> HashMap<String, OutQ> {
+fn output_quants(
+    graph: &Graph,
+    plans: &[LayerPlan],
+    format: Format,
+    placement: QdqOutputs,
+) -> HashMap<String, OutQ> {
+    let exact = placement == QdqOutputs::Exact;
+    let graph_outputs: std::collections::HashSet<&str> =
+        graph.outputs.iter().filter_map(|o| o.name.as_deref()).collect();
     let consumers = graph.consumers();
     let producers = graph.producers();
     let input_q: HashMap<(usize, &str), (f32, bool)> = plans
@@ -265,15 +299,23 @@ fn output_quants(graph: &Graph, plans: &[LayerPlan], format: Format) -> HashMap<
                 .map(|a| ((p.node, a.value.as_str()), (a.scale, a.unsigned)))
         })
         .collect();
-    // The common input quantization of the quantized readers of `v`.
+    // The common input quantization of the quantized readers of `v` (with `exact`: of all
+    // its readers, which must all be quantized layers, and `v` must not be a graph output).
     let readers_q = |v: &str| -> Option<(f32, bool)> {
+        if exact && graph_outputs.contains(v) {
+            return None;
+        }
         let mut s: Option<(f32, bool)> = None;
         for &r in consumers.get(v)? {
-            if let Some(&q) = input_q.get(&(r, v)) {
-                if s.is_some_and(|x| x.0.to_bits() != q.0.to_bits() || x.1 != q.1) {
-                    return None;
+            match input_q.get(&(r, v)) {
+                Some(&q) => {
+                    if s.is_some_and(|x| x.0.to_bits() != q.0.to_bits() || x.1 != q.1) {
+                        return None;
+                    }
+                    s = Some(q);
                 }
-                s = Some(q);
+                None if exact => return None,
+                None => {}
             }
         }
         s
@@ -318,7 +360,8 @@ fn output_quants(graph: &Graph, plans: &[LayerPlan], format: Format) -> HashMap<
             );
             continue;
         }
-        if let [r] = readers.as_slice() {
+        let y_is_output = exact && graph_outputs.contains(y.as_str());
+        if let (false, [r]) = (y_is_output, readers.as_slice()) {
             let act = &graph.nodes[*r];
             if let (Some(hi), Some(a_out)) = (clamp(act), act.outputs.first()) {
                 if let Some((scale, unsigned)) = readers_q(a_out) {
@@ -337,7 +380,7 @@ fn output_quants(graph: &Graph, plans: &[LayerPlan], format: Format) -> HashMap<
                 }
             }
         }
-        if let Some(scale) = p.own_output_scale {
+        if let Some(scale) = p.own_output_scale.filter(|_| !exact) {
             out.insert(
                 y.clone(),
                 OutQ {
@@ -355,7 +398,12 @@ fn output_quants(graph: &Graph, plans: &[LayerPlan], format: Format) -> HashMap<
 ///
 /// # Errors
 /// Malformed layers (missing weight, bias of the wrong size).
-pub fn emit(model: &mut Model, plans: &[LayerPlan], format: Format) -> Result<()> {
+pub fn emit(
+    model: &mut Model,
+    plans: &[LayerPlan],
+    format: Format,
+    placement: QdqOutputs,
+) -> Result<()> {
     // QuantizeLinear/DequantizeLinear/ConvInteger/MatMulInteger exist from opset 10; per-axis
     // DequantizeLinear needs 13 and is only planned when the model already has it. The opset is
     // never raised further: that could change the meaning of other ops (Softmax, Squeeze, …).
@@ -373,7 +421,7 @@ pub fn emit(model: &mut Model, plans: &[LayerPlan], format: Format) -> Result<()
         }
     }
     let out_qs = if format.is_qdq() {
-        output_quants(graph, plans, format)
+        output_quants(graph, plans, format, placement)
     } else {
         HashMap::new()
     };
@@ -413,7 +461,7 @@ pub fn emit(model: &mut Model, plans: &[LayerPlan], format: Format) -> Result<()
             Some(act) => emit_integer(&mut e, node, plan, act, bias)?,
         }
     }
-    if format.is_qdq() {
+    if format.is_qdq() && placement == QdqOutputs::All {
         dequantize_add_inputs(&mut e);
     }
     let nodes = std::mem::take(&mut e.nodes);

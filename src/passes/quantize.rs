@@ -61,6 +61,17 @@ pub enum Granularity {
     PerChannel,
 }
 
+/// Activation encoding (`--activation-type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ActivationType {
+    /// uint8 where the value is known non-negative (one more bit after Relu), else int8.
+    #[default]
+    Auto,
+    /// int8 everywhere (what TensorRT takes; `--format qdq` implies it).
+    Int8,
+}
+
 /// How calibration data sets a range.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -103,6 +114,10 @@ pub struct QuantizeConfig {
     pub calibration_method: CalibrationMethod,
     /// Output format.
     pub format: emit::Format,
+    /// Q/DQ formats: where a `Q → DQ` goes after a layer.
+    pub qdq_outputs: emit::QdqOutputs,
+    /// Activation encoding.
+    pub activation_type: ActivationType,
     /// Weight scale granularity.
     pub granularity: Granularity,
     /// Data-free bias correction from BN statistics (DFQ).
@@ -132,6 +147,8 @@ impl Default for QuantizeConfig {
             input_shape: None,
             calibration_method: CalibrationMethod::MinMax,
             format: emit::Format::ConvInteger,
+            qdq_outputs: emit::QdqOutputs::Exact,
+            activation_type: ActivationType::Auto,
             granularity: Granularity::PerTensor,
             correct_bias: true,
             equalize: false,
@@ -575,7 +592,9 @@ pub fn quantize(
         .iter()
         .map(|t| {
             let node = &model.graph.nodes[t.node];
-            (cfg.format.is_qdq() && (node.is("Conv") || node.is("Gemm") || node.is("MatMul")))
+            (cfg.format.is_qdq()
+                && cfg.qdq_outputs == emit::QdqOutputs::All
+                && (node.is("Conv") || node.is("Gemm") || node.is("MatMul")))
                 .then(|| node.outputs.first().cloned())
                 .flatten()
         })
@@ -671,7 +690,9 @@ pub fn quantize(
         let node = &model.graph.nodes[target.node];
         let x = node.input(0).unwrap_or("").to_string();
         // QDQ is int8 only (TensorRT rejects uint8).
-        let unsigned = nonneg.contains(&x) && cfg.format != emit::Format::Qdq;
+        let unsigned = nonneg.contains(&x)
+            && cfg.format != emit::Format::Qdq
+            && cfg.activation_type == ActivationType::Auto;
         let (range, rule, obs, float_reason) = match src {
             Source::Dist(d) => ((d.lo, d.hi), Some(d.rule), None, None),
             Source::Input(lo, hi) => ((lo, hi), Some(RangeRule::InputRange), None, None),
@@ -789,7 +810,7 @@ pub fn quantize(
     // 6. Emit.
     progress("emit");
     let t = Instant::now();
-    emit::emit(model, &plans, cfg.format)?;
+    emit::emit(model, &plans, cfg.format, cfg.qdq_outputs)?;
     model.graph.remove_dead_nodes();
     model.graph.remove_unused_initializers();
     stage("emit", t, &mut timings);
