@@ -7,7 +7,10 @@ flags, then require:
   * the graph computes in integers (ConvInteger / MatMulInteger present);
   * on seeded inputs the int8 output follows the float output (SQNR printed; a floor of 5 dB
     catches a broken emission, real accuracy is in docs/results.md);
-  * quantizing twice gives byte-identical files.
+  * quantizing twice gives byte-identical files;
+  * every other format runs, keeps the rules of its runtime (`isquant check`), and, fed the
+    same quantized inputs, is within one quantization step of the integer format on every
+    quantized tensor (qdq against `--activation-type int8`, since it is int8 only).
 Prints one line per model and a closing "N passed, M failed" line; exits 1 on any failure.
 """
 
@@ -20,6 +23,9 @@ import tempfile
 import numpy as np
 import onnx
 import onnxruntime as ort
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench", "formats"))
+from agreement import forced_steps  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.join(ROOT, "target", "release", "isquant")
@@ -90,6 +96,11 @@ def check(model, tmp):
     # The other formats: run in ORT, stay within a margin of the default format's SQNR, and pass
     # the rules of the runtime they are for.
     extra = []
+    int8 = os.path.join(tmp, f"int8-{name}")
+    r = subprocess.run([BIN, "quantize", model, "-o", int8, "--activation-type", "int8"],
+                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    assert r.returncode == 0, f"--activation-type int8: {r.stderr.strip().splitlines()[-1:]}"
+    x0 = next(iter(x.values()))
     for fmt, target, margin in (("convinteger-u8", "ort-legacy", 0.5), ("qdq", "tensorrt", 13.0), ("qdq-u8", "ort", 10.0)):
         out = os.path.join(tmp, f"{fmt}-{name}")
         r = subprocess.run([BIN, "quantize", model, "-o", out, "--format", fmt],
@@ -105,7 +116,10 @@ def check(model, tmp):
             assert db > sqnr - margin, f"{fmt}: SQNR {db:.1f} dB vs default {sqnr:.1f} dB"
         r = subprocess.run([BIN, "check", out, "--target", target], stdout=subprocess.PIPE, text=True)
         assert r.returncode == 0, f"{fmt} breaks {target} rules: {r.stdout[:300]}"
-        extra.append(f"{fmt} {db:.1f} dB")
+        rows, _ = forced_steps(int8 if fmt == "qdq" else outs[0], out, x0)
+        worst = max(rows, key=lambda t: t[1])
+        assert worst[1] <= 1.0, f"{fmt}: {worst[1]:.0f} steps from the integer format at {worst[0]}"
+        extra.append(f"{fmt} {db:.1f} dB, max {worst[1]:.0f} step over {len(rows)} tensors")
     return (f"runs in ORT, {n_int} integer ops, SQNR vs float {sqnr:.1f} dB (synthetic input), "
             f"deterministic; {', '.join(extra)}")
 

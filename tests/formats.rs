@@ -4,11 +4,14 @@
 
 use isquant::graph::Model;
 use isquant::onnx::pb;
-use isquant::passes::emit::Format;
-use isquant::passes::quantize::{quantize, QuantizeConfig};
+use isquant::onnx::tensor::to_array;
+use isquant::onnx::DataType;
+use isquant::passes::emit::{Format, QdqOutputs};
+use isquant::passes::quantize::{quantize, ActivationType, QuantizeConfig};
 use isquant::validate::{seeded_uniform, Source, Sums, TractModel};
 use prost::Message;
 
+use crate::common::build::value_info;
 use crate::common::{proto, MODELS};
 
 fn run(m: &pb::ModelProto, x: &ndarray::ArrayD<f32>) -> ndarray::ArrayD<f32> {
@@ -21,11 +24,20 @@ fn run(m: &pb::ModelProto, x: &ndarray::ArrayD<f32>) -> ndarray::ArrayD<f32> {
 }
 
 fn quantized(name: &str, format: Format) -> pb::ModelProto {
+    quantized_with(
+        name,
+        QuantizeConfig {
+            format,
+            ..QuantizeConfig::default()
+        },
+    )
+}
+
+fn quantized_with(name: &str, cfg: QuantizeConfig) -> pb::ModelProto {
     let mut m = Model::from_proto(proto(name)).unwrap();
     let cfg = QuantizeConfig {
-        format,
         input_shape: name.starts_with("ppocr").then(|| vec![1, 3, 48, 192]),
-        ..QuantizeConfig::default()
+        ..cfg
     };
     quantize(&mut m, &cfg, None, &mut |_| {}).unwrap();
     m.graph.check().unwrap();
@@ -66,6 +78,162 @@ fn every_format_of_every_fixture_runs_and_agrees() {
             );
         }
     }
+}
+
+/// A QuantizeLinear of `m`: output, input, scale, and the lowest and highest real value it
+/// represents.
+fn quantize_nodes(m: &pb::ModelProto) -> Vec<(String, String, f32, f32, f32)> {
+    let init = |n: &str| {
+        m.graph
+            .as_ref()
+            .unwrap()
+            .initializer
+            .iter()
+            .find(|t| t.name.as_deref() == Some(n))
+            .map(|t| to_array(t).unwrap())
+            .unwrap()
+    };
+    let mut out = Vec::new();
+    for n in &m.graph.as_ref().unwrap().node {
+        if n.op_type.as_deref() != Some("QuantizeLinear") {
+            continue;
+        }
+        let s = init(&n.input[1]).to_f32().iter().copied().next().unwrap();
+        let zp = init(&n.input[2]);
+        let z = zp.to_f32().iter().copied().next().unwrap();
+        let (lo, hi) = match zp.data_type() {
+            DataType::Uint8 => (0.0, 255.0),
+            DataType::Int8 => (-128.0, 127.0),
+            t => panic!("zero-point type {t:?}"),
+        };
+        out.push((
+            n.output[0].clone(),
+            n.input[0].clone(),
+            s,
+            (lo - z) * s,
+            (hi - z) * s,
+        ));
+    }
+    out
+}
+
+/// Per tensor, how far `other` is from `base` given the same quantized inputs, in levels of
+/// the base's QuantizeLinear (what `bench/formats/agreement.py` measures in ONNX Runtime).
+/// Every QuantizeLinear of `other` that `base` also has (same output name) reads the value the
+/// base quantizes, fed as an extra graph input, so a rounding flip upstream (float summation
+/// order) cannot spread through later layers and each tensor shows what the format itself
+/// changes. Returns the largest difference and where it is.
+fn max_level_difference(
+    base: &pb::ModelProto,
+    other: &pb::ModelProto,
+    x: &ndarray::ArrayD<f32>,
+) -> (f32, String) {
+    let qs = quantize_nodes(base);
+    let with_outputs = |m: &pb::ModelProto, names: &[String]| {
+        let mut m = m.clone();
+        let g = m.graph.as_mut().unwrap();
+        g.output.clear();
+        for v in names {
+            g.output.push(pb::ValueInfoProto {
+                name: Some(v.clone()),
+                ..Default::default()
+            });
+        }
+        m
+    };
+    let base_in: Vec<String> = qs.iter().map(|q| q.1.clone()).collect();
+    let base_vals = run_all(&with_outputs(base, &base_in), std::slice::from_ref(x));
+    // The other model: shared QuantizeLinears read graph inputs.
+    let mut m = other.clone();
+    let g = m.graph.as_mut().unwrap();
+    let mut inputs = vec![x.clone()];
+    let mut wanted = Vec::new();
+    for (k, (q_out, q_in, ..)) in qs.iter().enumerate() {
+        match g
+            .node
+            .iter_mut()
+            .find(|n| n.op_type.as_deref() == Some("QuantizeLinear") && &n.output[0] == q_out)
+        {
+            Some(n) => {
+                wanted.push(n.input[0].clone());
+                let fed = format!("forced_{k}");
+                n.input[0] = fed.clone();
+                let shape: Vec<i64> = base_vals[k].shape().iter().map(|&d| d as i64).collect();
+                g.input.push(value_info(&fed, &shape));
+                inputs.push(base_vals[k].clone());
+            }
+            None => wanted.push(q_in.clone()),
+        }
+    }
+    let got = run_all(&with_outputs(&m, &wanted), &inputs);
+    let mut worst = (0.0f32, String::new());
+    for ((q, a), b) in qs.iter().zip(&base_vals).zip(&got) {
+        let level = |v: f32| (v.clamp(q.3, q.4) / q.2).round_ties_even();
+        let d = a
+            .iter()
+            .zip(b.iter())
+            .map(|(&a, &b)| (level(a) - level(b)).abs())
+            .fold(0.0, f32::max);
+        if d > worst.0 || worst.1.is_empty() {
+            worst = (d, q.1.clone());
+        }
+    }
+    worst
+}
+
+fn run_all(m: &pb::ModelProto, inputs: &[ndarray::ArrayD<f32>]) -> Vec<ndarray::ArrayD<f32>> {
+    let b = m.encode_to_vec();
+    let shapes: Vec<Vec<usize>> = inputs.iter().map(|x| x.shape().to_vec()).collect();
+    TractModel::load(Source::Bytes(&b), &shapes)
+        .unwrap()
+        .run(inputs)
+        .unwrap()
+}
+
+/// The acceptance criterion of the formats: with the same quantized inputs, every tensor of
+/// every format is within one quantization step of the integer format with the same
+/// activation encoding (`qdq` is int8 only, so it is compared with `convinteger
+/// --activation-type int8`). `--qdq-outputs all` adds quantization points and is allowed to
+/// differ; it is checked to really differ somewhere, so the comparison can fail.
+#[test]
+fn every_format_is_within_one_step_of_the_integer_format_per_tensor() {
+    let mut all_differs = false;
+    for (name, shape, lo, hi) in MODELS {
+        let x = seeded_uniform(shape, 22, *lo, *hi);
+        let base = quantized(name, Format::ConvInteger);
+        let int8 = quantized_with(
+            name,
+            QuantizeConfig {
+                activation_type: ActivationType::Int8,
+                ..QuantizeConfig::default()
+            },
+        );
+        for (other, reference, label) in [
+            (
+                quantized(name, Format::ConvIntegerU8),
+                &base,
+                "convinteger-u8",
+            ),
+            (quantized(name, Format::QdqU8), &base, "qdq-u8"),
+            (quantized(name, Format::Qdq), &int8, "qdq"),
+        ] {
+            let (d, at) = max_level_difference(reference, &other, &x);
+            assert!(d <= 1.0, "{name}: {label} is {d} levels off at {at}");
+        }
+        let all = quantized_with(
+            name,
+            QuantizeConfig {
+                format: Format::QdqU8,
+                qdq_outputs: QdqOutputs::All,
+                ..QuantizeConfig::default()
+            },
+        );
+        all_differs |= max_level_difference(&base, &all, &x).0 > 1.0;
+    }
+    assert!(
+        all_differs,
+        "--qdq-outputs all never differed: the comparison is blind"
+    );
 }
 
 /// TensorRT's Q/DQ rules (runtimes.md §3.1): int8 only, zero-point 0, positive constant

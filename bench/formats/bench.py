@@ -4,8 +4,8 @@ Models: a ResNet-50 (torchvision v1.5 layout, Conv+BN+Relu, random seeded weight
 BN statistics, 25.6 M parameters), generated here with onnx.helper, and the real MobileNetV2
 (../shared/models/mobilenetv2-imagenet-bn.onnx) when present.
 
-For each model: isquant quantize --format convinteger | convinteger-u8 | qdq | qdq-u8
-(--preset imagenet, so every layer is quantized), ORT's quantize_static (QDQ, int8/int8,
+For each model: isquant quantize --format convinteger | convinteger-u8 | qdq | qdq-u8, and the
+Q/DQ formats again with --qdq-outputs all (--preset imagenet, so every layer is quantized), ORT's quantize_static (QDQ, int8/int8,
 per-tensor, calibrated on 8 random inputs), then median latency of 1x3x224x224 inference in
 ONNX Runtime with 1 and 2 intra-op threads, and in tract (1 thread) for float vs convinteger.
 
@@ -161,9 +161,10 @@ def main():
     for label, path in models.items():
         stem = os.path.join(a.out, os.path.basename(path).replace(".onnx", ""))
         variants = [("float", path)]
-        for f in ("convinteger", "convinteger-u8", "qdq", "qdq-u8"):
-            out = f"{stem}-{f}.onnx"
-            subprocess.run([BIN, "quantize", path, "-o", out, "--format", f, "--preset", "imagenet"],
+        for f in ("convinteger", "convinteger-u8", "qdq", "qdq-u8", "qdq --qdq-outputs all",
+                  "qdq-u8 --qdq-outputs all"):
+            out = f"{stem}-{f.replace(' --qdq-outputs ', '-')}.onnx"
+            subprocess.run([BIN, "quantize", path, "-o", out, "--format", *f.split(), "--preset", "imagenet"],
                            check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             variants.append((f"isquant {f}", out))
         ortq = f"{stem}-ort-qdq.onnx"

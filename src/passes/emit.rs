@@ -287,8 +287,11 @@ fn output_quants(
     placement: QdqOutputs,
 ) -> HashMap<String, OutQ> {
     let exact = placement == QdqOutputs::Exact;
-    let graph_outputs: std::collections::HashSet<&str> =
-        graph.outputs.iter().filter_map(|o| o.name.as_deref()).collect();
+    let graph_outputs: std::collections::HashSet<&str> = graph
+        .outputs
+        .iter()
+        .filter_map(|o| o.name.as_deref())
+        .collect();
     let consumers = graph.consumers();
     let producers = graph.producers();
     let input_q: HashMap<(usize, &str), (f32, bool)> = plans

@@ -595,8 +595,8 @@ pub fn quantize(
             (cfg.format.is_qdq()
                 && cfg.qdq_outputs == emit::QdqOutputs::All
                 && (node.is("Conv") || node.is("Gemm") || node.is("MatMul")))
-                .then(|| node.outputs.first().cloned())
-                .flatten()
+            .then(|| node.outputs.first().cloned())
+            .flatten()
         })
         .collect();
     let pass_runs = !observe_values.is_empty();

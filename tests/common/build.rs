@@ -19,7 +19,7 @@ pub fn seeded(n: usize, seed: u64) -> Vec<f32> {
         .collect()
 }
 
-fn value_info(name: &str, shape: &[i64]) -> pb::ValueInfoProto {
+pub fn value_info(name: &str, shape: &[i64]) -> pb::ValueInfoProto {
     use pb::tensor_shape_proto::{dimension::Value, Dimension};
     pb::ValueInfoProto {
         name: Some(name.into()),
