@@ -1,6 +1,7 @@
 //! Quantization speed: end-to-end `quantize` of a generated ResNet-50-sized model
-//! (Conv+BN+Relu ×53 + classifier, ≈25.6 M parameters; BN ranges, so no forward pass), and
-//! SQuant rounding throughput against plain round-to-nearest on the same tensors.
+//! (Conv+BN+Relu ×53 + classifier, ≈25.6 M parameters; BN ranges, so no forward pass) with no
+//! DFQ pass, the default (bias correction), CLE+BC and CLE+HBA+BC, and SQuant rounding
+//! throughput against plain round-to-nearest on the same tensors.
 //!
 //! `cargo bench --bench quantize` (`ISQUANT_BENCH_RUNS`, default 5).
 
@@ -29,29 +30,69 @@ fn main() {
         .unwrap_or(if quick { 1 } else { 5 });
     println!("threads: {}", rayon::current_num_threads());
 
-    // End to end.
+    // End to end, with and without the DFQ passes (same model, same run, interleaved so that
+    // machine noise hits every configuration alike).
     let proto = resnet::build(true);
     let base = Model::from_proto(proto).unwrap();
-    let mut stages: Vec<Vec<(String, f64)>> = Vec::new();
-    let mut totals = Vec::new();
+    let none = QuantizeConfig {
+        correct_bias: false,
+        ..QuantizeConfig::default()
+    };
+    let configs: [(&str, QuantizeConfig); 4] = [
+        ("none (--correct-bias off)", none.clone()),
+        ("default (BC)", QuantizeConfig::default()),
+        (
+            "CLE+BC",
+            QuantizeConfig {
+                equalize: true,
+                ..QuantizeConfig::default()
+            },
+        ),
+        (
+            "CLE+HBA+BC",
+            QuantizeConfig {
+                equalize: true,
+                absorb_bias: true,
+                ..QuantizeConfig::default()
+            },
+        ),
+    ];
+    let mut totals: Vec<Vec<Duration>> = vec![Vec::new(); configs.len()];
+    let mut stages: Vec<Vec<(String, f64)>> = vec![Vec::new(); configs.len()];
+    let mut passes = vec![0usize; configs.len()];
     for _ in 0..runs {
-        let mut m = base.clone();
-        let t = Instant::now();
-        let r = quantize(&mut m, &QuantizeConfig::default(), None, &mut |_| {}).unwrap();
-        let bytes = isquant::onnx::io::encode_model(&m.to_proto());
-        totals.push(t.elapsed());
-        std::hint::black_box(bytes);
-        assert_eq!(r.integer_layers(), r.layers.len() - 1);
-        stages.push(r.timings_ms);
+        for (k, (_, cfg)) in configs.iter().enumerate() {
+            let mut m = base.clone();
+            let t = Instant::now();
+            let r = quantize(&mut m, cfg, None, &mut |_| {}).unwrap();
+            let bytes = isquant::onnx::io::encode_model(&m.to_proto());
+            totals[k].push(t.elapsed());
+            std::hint::black_box(bytes);
+            assert_eq!(r.integer_layers(), r.layers.len() - 1);
+            stages[k] = r.timings_ms;
+            passes[k] = r.equalized.as_ref().map_or(0, |e| e.passes);
+        }
     }
-    let total = median(totals);
+    let medians: Vec<Duration> = totals.into_iter().map(median).collect();
     println!(
-        "quantize ResNet-50-sized (fold-bn + squant + ranges + emit + encode), median of {runs}: {:.1} ms",
-        total.as_secs_f64() * 1e3
+        "quantize ResNet-50-sized (fold-bn + [equalize] + squant + ranges + emit + encode), median of {runs}:"
     );
-    if let Some(s) = stages.get(stages.len() / 2) {
-        let parts: Vec<String> = s.iter().map(|(k, v)| format!("{k} {v:.1} ms")).collect();
-        println!("  stages (one run): {}", parts.join(", "));
+    for (k, (label, _)) in configs.iter().enumerate() {
+        let parts: Vec<String> = stages[k]
+            .iter()
+            .map(|(s, v)| format!("{s} {v:.1}"))
+            .collect();
+        let eq = if passes[k] > 0 {
+            format!(" ({} CLE passes)", passes[k])
+        } else {
+            String::new()
+        };
+        println!(
+            "  {label:<26} {:>7.1} ms ({:.2}x none)  stages ms: {}{eq}",
+            medians[k].as_secs_f64() * 1e3,
+            medians[k].as_secs_f64() / medians[0].as_secs_f64(),
+            parts.join(", ")
+        );
     }
 
     // Rounding throughput.

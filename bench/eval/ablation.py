@@ -1,5 +1,6 @@
-"""Ablation for the DFQ-style options (issue 5): rounding x {none, BC, CLE, CLE+BC} x
-{per-tensor, per-channel} weights, W8A8, every labeled model, in ONNX Runtime.
+"""Ablation for the DFQ-style options (issue 5): rounding x {none, BC, CLE, CLE+BC, CLE+HBA,
+CLE+HBA+BC} x {per-tensor, per-channel} weights, W8A8, plus W6A6 with the default options (BC),
+every labeled model, in ONNX Runtime.
 
 Usage: python bench/eval/ablation.py [--isquant target/release/isquant] [--only REGEX]
 Prints a markdown table (accuracy, agreement, SQNR per config). Models are quantized with
@@ -34,7 +35,11 @@ OPTIONS = {
     "BC": ["--correct-bias", "on", "--equalize", "off"],
     "CLE": ["--correct-bias", "off", "--equalize", "on"],
     "CLE+BC": ["--correct-bias", "on", "--equalize", "on"],
+    "CLE+HBA": ["--correct-bias", "off", "--equalize", "on", "--absorb-bias", "on"],
+    "CLE+HBA+BC": ["--correct-bias", "on", "--equalize", "on", "--absorb-bias", "on"],
 }
+# Bit widths: W8A8 for every option, W6A6 for the default options.
+BITS = [("W8A8", None), ("W6A6", "BC")]
 
 
 def main():
@@ -42,29 +47,34 @@ def main():
     ap.add_argument("--isquant", default=os.path.join(ROOT, "target", "release", "isquant"))
     ap.add_argument("--only", default="")
     a = ap.parse_args()
-    print("| model | rounding | options | weights | accuracy | agreement | SQNR dB |")
-    print("|---|---|---|---|---|---|---|")
+    print("| model | bits | rounding | options | weights | accuracy | agreement | SQNR dB |")
+    print("|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
         for name, dataset, extra in MODELS:
             if a.only and not re.search(a.only, name):
                 continue
             src = os.path.join(SHARED, name + ".onnx")
             configs, paths = [], []
-            for rounding in ("nearest", "squant"):
-                for opt, flags in OPTIONS.items():
-                    for gran in ("per-tensor", "per-channel"):
-                        out = os.path.join(tmp, f"{name}-{rounding}-{opt}-{gran}.onnx".replace("+", "_"))
-                        subprocess.run([a.isquant, "quantize", src, "-o", out, "--format", "convinteger-u8",
-                                        "--rounding", rounding, "--granularity", gran, *flags, *extra],
-                                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-                        configs.append((rounding, opt, gran))
-                        paths.append(out)
+            for bits, only in BITS:
+                b = bits[1]
+                for rounding in ("nearest", "squant"):
+                    for opt, flags in OPTIONS.items():
+                        if only and opt != only:
+                            continue
+                        for gran in ("per-tensor", "per-channel"):
+                            out = os.path.join(tmp, f"{name}-{bits}-{rounding}-{opt}-{gran}.onnx".replace("+", "_"))
+                            subprocess.run([a.isquant, "quantize", src, "-o", out, "--format", "convinteger-u8",
+                                            "--weight-bits", b, "--act-bits", b, "--rounding", rounding,
+                                            "--granularity", gran, *flags, *extra],
+                                           check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            configs.append((bits, rounding, opt, gran))
+                            paths.append(out)
             rep = ev.evaluate(src, paths, dataset=dataset)
-            for (rounding, opt, gran), m in zip(configs, rep["models"][1:]):
+            for (bits, rounding, opt, gran), m in zip(configs, rep["models"][1:]):
                 acc = "-" if m["accuracy"] is None else f"{100 * m['accuracy']:.2f}%"
                 sq = m["sqnr_db"]
                 sq = "inf" if sq == float("inf") else f"{sq:.2f}"
-                print(f"| {name} | {rounding} | {opt} | {gran} | {acc} | {100 * m['agreement']:.2f}% | {sq} |")
+                print(f"| {name} | {bits} | {rounding} | {opt} | {gran} | {acc} | {100 * m['agreement']:.2f}% | {sq} |")
                 sys.stdout.flush()
 
 

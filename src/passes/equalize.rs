@@ -5,8 +5,10 @@
 //! `r1_i = max|W_A[i, …]|`, `r2_i = max|W_B[:, i, …]|`, `s_i = sqrt(r1_i / r2_i)` (1 if either
 //! is 0), then `W_A[i] /= s_i`, `b_A[i] /= s_i`, `W_B[:, i] *= s_i`. The float model is
 //! unchanged and both ranges become `sqrt(r1_i·r2_i)`, which is what one scale per tensor
-//! needs. Pairs are applied in graph order and the passes repeat until `max |ln s| < 1e-4`
+//! needs. Pairs are applied in graph order and the passes repeat until `max |ln s| < 1e-2`
 //! (at most 100 passes), so `Conv → depthwise → Conv` triplets converge to the triplet rule.
+//! The passes only update per-channel scale vectors against `max_k |W[o, j, k]|` (9× smaller
+//! than a 3×3 weight); each weight is rescaled once at the end.
 //!
 //! ReLU6 (`Clip(0, c)`) is not scale-equivariant. With [`Relu6::PerChannel`] (default) it is
 //! kept exact: the Clip becomes `Relu` then `Min(·, c / S_i)` with the accumulated channel
@@ -27,7 +29,8 @@ use super::Skip;
 use crate::error::Result;
 use crate::graph::names::NameGen;
 use crate::graph::{Model, Node};
-use crate::onnx::tensor;
+use crate::onnx::{pb, tensor};
+use rayon::prelude::*;
 
 /// What to do with ReLU6 (Clip(0, c)) between two equalized layers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
@@ -55,6 +58,11 @@ pub struct EqualizeReport {
     pub relu6_rewritten: usize,
 }
 
+/// Convergence threshold on `max |ln s|` of a pass (1 % scale change).
+const TOLERANCE: f64 = 1e-2;
+/// Pass limit.
+const MAX_PASSES: usize = 100;
+
 struct Pair {
     a: usize,
     act: Option<usize>,
@@ -66,6 +74,66 @@ struct Layer {
     w: ArrayD<f32>,
     b: Vec<f32>,
     group: usize,
+    /// `max_k |W[o, j, k]|` of the original weight, `[O, I_local]` row-major.
+    absmax: Vec<f32>,
+    /// Accumulated divisor of each output channel (from equalizing as A).
+    out_s: Vec<f64>,
+    /// Accumulated factor of each input channel, `group · I_local` of them (as B).
+    in_s: Vec<f64>,
+}
+
+impl Layer {
+    fn new(w: ArrayD<f32>, b: Vec<f32>, group: usize) -> Layer {
+        let shape = w.shape().to_vec();
+        let o_n = shape.first().copied().unwrap_or(0);
+        let i_local = shape.get(1).copied().unwrap_or(0);
+        let k: usize = shape.iter().skip(2).product();
+        let absmax = w
+            .as_slice()
+            .map(|v| {
+                v.chunks(k.max(1))
+                    .map(|c| c.iter().fold(0f32, |m, x| m.max(x.abs())))
+                    .collect()
+            })
+            .unwrap_or_else(|| vec![0.0; o_n * i_local]);
+        Layer {
+            w,
+            b,
+            group,
+            absmax,
+            out_s: vec![1.0; o_n],
+            in_s: vec![1.0; i_local * group],
+        }
+    }
+
+    fn dims(&self) -> (usize, usize, usize) {
+        let o_n = self.out_s.len();
+        let i_local = self.w.shape().get(1).copied().unwrap_or(0);
+        (o_n, i_local, o_n / self.group.max(1))
+    }
+
+    /// Applies the accumulated scales to the weights and bias:
+    /// `W[o, j, k] · in_s[g·I + j] / out_s[o]`, `b[o] / out_s[o]`.
+    fn materialize(&mut self) {
+        let (o_n, i_local, per_group_out) = self.dims();
+        let k: usize = self.w.shape().iter().skip(2).product();
+        if let Some(w) = self.w.as_slice_mut() {
+            for o in 0..o_n {
+                let grp = o / per_group_out.max(1);
+                for j in 0..i_local {
+                    let f = self.in_s[grp * i_local + j] / self.out_s[o];
+                    for v in &mut w[(o * i_local + j) * k..(o * i_local + j + 1) * k] {
+                        *v = (f64::from(*v) * f) as f32;
+                    }
+                }
+            }
+        }
+        for (b, s) in self.b.iter_mut().zip(&self.out_s) {
+            *b = (f64::from(*b) / s) as f32;
+        }
+        self.out_s.iter_mut().for_each(|v| *v = 1.0);
+        self.in_s.iter_mut().for_each(|v| *v = 1.0);
+    }
 }
 
 /// Equalizes every eligible chain in place and updates `stats`.
@@ -169,13 +237,13 @@ pub fn equalize(
     if pairs.is_empty() {
         return Ok(report);
     }
-    // Load every involved layer once.
-    let mut layers: HashMap<usize, Layer> = HashMap::new();
-    for p in &pairs {
-        for idx in [p.a, p.b] {
-            if layers.contains_key(&idx) {
-                continue;
-            }
+    // Load every involved layer once (in parallel: decoding and `max_k |W|` touch every weight).
+    let mut idxs: Vec<usize> = pairs.iter().flat_map(|p| [p.a, p.b]).collect();
+    idxs.sort_unstable();
+    idxs.dedup();
+    let loaded: Vec<(usize, Layer)> = idxs
+        .par_iter()
+        .map(|&idx| -> Result<(usize, Layer)> {
             let n = &g.nodes[idx];
             let w = g
                 .constant_f32(n.input(1).unwrap_or(""), &producers)?
@@ -189,9 +257,10 @@ pub fn equalize(
                 None => vec![0.0; o],
             };
             let group = n.attr_int("group")?.unwrap_or(1).max(1) as usize;
-            layers.insert(idx, Layer { w, b, group });
-        }
-    }
+            Ok((idx, Layer::new(w, b, group)))
+        })
+        .collect::<Result<_>>()?;
+    let mut layers: HashMap<usize, Layer> = loaded.into_iter().collect();
     // Consistency: A's output channels must be B's input channels.
     pairs.retain(|p| {
         let (la, lb) = (&layers[&p.a], &layers[&p.b]);
@@ -203,21 +272,29 @@ pub fn equalize(
         .iter()
         .map(|p| (p.a, vec![1.0; layers[&p.a].w.shape()[0]]))
         .collect();
-    for pass in 1..=100 {
+    // The passes work on per-channel ranges (`max_k |W|` and the accumulated scales); the
+    // weights are rescaled once at the end.
+    for pass in 1..=MAX_PASSES {
         report.passes = pass;
         let mut worst = 0f64;
         for p in &pairs {
             let s = pair_scales(&layers[&p.a], &layers[&p.b]);
             worst = s.iter().fold(worst, |m, v| m.max(v.ln().abs()));
-            apply_pair(&mut layers, p.a, p.b, &s);
+            if let Some(la) = layers.get_mut(&p.a) {
+                la.out_s.iter_mut().zip(&s).for_each(|(a, f)| *a *= f);
+            }
+            if let Some(lb) = layers.get_mut(&p.b) {
+                lb.in_s.iter_mut().zip(&s).for_each(|(a, f)| *a *= f);
+            }
             if let Some(t) = total.get_mut(&p.a) {
                 t.iter_mut().zip(&s).for_each(|(a, b)| *a *= b);
             }
         }
-        if worst < 1e-4 {
+        if worst < TOLERANCE {
             break;
         }
     }
+    layers.par_iter_mut().for_each(|(_, l)| l.materialize());
     // High-bias absorption (DFQ §5.2, `algorithm.md` §5.2): with A's output modelled as
     // N(μ_i, σ_i²) (BN statistics divided by the CLE scale), move `c_i = max(0, μ_i − 3σ_i)`
     // (after Relu / ReLU6; `μ_i` without activation) from A's bias into B's:
@@ -289,21 +366,39 @@ pub fn equalize(
             absorbed.insert(p.a, c);
         }
     }
-    // Write back.
+    // Write back, in node order (deterministic names), encoding in parallel.
     let mut names = NameGen::new(model.graph.taken_names());
-    for (&idx, l) in &layers {
-        let n = model.graph.nodes[idx].clone();
-        let w_name = names.fresh(n.input(1).unwrap_or("w"), "_equalized");
-        let b_name = names.fresh(n.input(1).unwrap_or("w"), "_bias_equalized");
-        model
-            .graph
-            .set_initializer(tensor::from_f32(&w_name, l.w.clone()));
-        let bn = l.b.len();
-        model.graph.set_initializer(tensor::from_f32(
-            &b_name,
-            ArrayD::from_shape_vec(IxDyn(&[bn]), l.b.clone())
-                .unwrap_or_else(|_| ArrayD::zeros(IxDyn(&[0]))),
-        ));
+    let mut done: Vec<(usize, Layer)> = layers.into_iter().collect();
+    done.sort_unstable_by_key(|(idx, _)| *idx);
+    let named: Vec<(usize, String, String, Layer)> = done
+        .into_iter()
+        .map(|(idx, l)| {
+            let w = model.graph.nodes[idx].input(1).unwrap_or("w").to_string();
+            let w_name = names.fresh(&w, "_equalized");
+            let b_name = names.fresh(&w, "_bias_equalized");
+            (idx, w_name, b_name, l)
+        })
+        .collect();
+    let encoded: Vec<(usize, pb::TensorProto, pb::TensorProto)> = named
+        .into_par_iter()
+        .map(|(idx, w_name, b_name, l)| {
+            let bn = l.b.len();
+            let bias = ArrayD::from_shape_vec(IxDyn(&[bn]), l.b)
+                .unwrap_or_else(|_| ArrayD::zeros(IxDyn(&[0])));
+            (
+                idx,
+                tensor::from_f32(&w_name, l.w),
+                tensor::from_f32(&b_name, bias),
+            )
+        })
+        .collect();
+    for (idx, w, b) in encoded {
+        let (w_name, b_name) = (
+            tensor::tensor_name(&w).to_string(),
+            tensor::tensor_name(&b).to_string(),
+        );
+        model.graph.set_initializer(w);
+        model.graph.set_initializer(b);
         let node = &mut model.graph.nodes[idx];
         node.inputs.resize(3, String::new());
         node.inputs[1] = w_name;
@@ -396,22 +491,45 @@ fn skip(n: &Node, reason: &str) -> Skip {
     }
 }
 
-/// `s_i = sqrt(r1_i / r2_i)` per output channel of A (1 when a range is 0).
+/// `s_i = sqrt(r1_i / r2_i)` per output channel of A (1 when a range is 0), with the ranges of
+/// the weights as currently scaled.
 fn pair_scales(a: &Layer, b: &Layer) -> Vec<f64> {
-    let out_a = a.w.shape()[0];
-    let per_a = a.w.len() / out_a.max(1);
-    let wa: Vec<f32> = a.w.iter().copied().collect();
-    let r1: Vec<f64> = (0..out_a)
-        .map(|i| {
-            wa[i * per_a..(i + 1) * per_a]
-                .iter()
-                .fold(0f64, |m, v| m.max(f64::from(v.abs())))
-        })
-        .collect();
-    let r2 = input_ranges(b, out_a);
-    r1.iter()
-        .zip(&r2)
-        .map(|(&x, &y)| {
+    let (out_a, il_a, pgo_a) = a.dims();
+    let r1 = || -> Vec<f64> {
+        (0..out_a)
+            .map(|i| {
+                let grp = i / pgo_a.max(1);
+                let row = &a.absmax[i * il_a..(i + 1) * il_a];
+                let m = row
+                    .iter()
+                    .zip(&a.in_s[grp * il_a..(grp + 1) * il_a])
+                    .fold(0f64, |m, (&w, s)| m.max(f64::from(w) * s));
+                m / a.out_s[i]
+            })
+            .collect()
+    };
+    // B's input-channel ranges, walking its rows (row-major: cache-friendly).
+    let r2 = || -> Vec<f64> {
+        let (o_b, il_b, pgo_b) = b.dims();
+        let mut r2 = vec![0f64; out_a];
+        for o in 0..o_b {
+            let grp = o / pgo_b.max(1);
+            let inv = 1.0 / b.out_s[o];
+            let row = &b.absmax[o * il_b..(o + 1) * il_b];
+            if let Some(dst) = r2.get_mut(grp * il_b..(grp + 1) * il_b) {
+                dst.iter_mut()
+                    .zip(row)
+                    .for_each(|(m, &w)| *m = m.max(f64::from(w) * inv));
+            }
+        }
+        r2.iter_mut().zip(&b.in_s).for_each(|(m, s)| *m *= s);
+        r2
+    };
+    // The two sides are independent: one per core.
+    let (r1, r2) = rayon::join(r1, r2);
+    r1.into_iter()
+        .zip(r2)
+        .map(|(x, y)| {
             if x > 0.0 && y > 0.0 {
                 (x / y).sqrt().clamp(1e-8, 1e8)
             } else {
@@ -419,64 +537,4 @@ fn pair_scales(a: &Layer, b: &Layer) -> Vec<f64> {
             }
         })
         .collect()
-}
-
-/// For each input channel `c` of B: `(first output, count, local index)` of the weights it
-/// touches, and `max|W_B[:, c, …]|`.
-fn input_ranges(b: &Layer, channels: usize) -> Vec<f64> {
-    let shape = b.w.shape();
-    let (o_n, i_local) = (shape[0], shape[1]);
-    let k: usize = shape[2..].iter().product();
-    let per_group_out = o_n / b.group.max(1);
-    let wb: Vec<f32> = b.w.iter().copied().collect();
-    (0..channels)
-        .map(|c| {
-            let grp = c / i_local.max(1);
-            let j = c % i_local.max(1);
-            let mut m = 0f64;
-            for o in grp * per_group_out..(grp + 1) * per_group_out {
-                for kk in 0..k {
-                    m = m.max(f64::from(wb[(o * i_local + j) * k + kk].abs()));
-                }
-            }
-            m
-        })
-        .collect()
-}
-
-fn apply_pair(layers: &mut HashMap<usize, Layer>, a: usize, b: usize, s: &[f64]) {
-    if let Some(la) = layers.get_mut(&a) {
-        let out_a = la.w.shape()[0];
-        let per = la.w.len() / out_a.max(1);
-        if let Some(w) = la.w.as_slice_mut() {
-            for (i, chunk) in w.chunks_mut(per.max(1)).enumerate() {
-                let f = s[i];
-                chunk
-                    .iter_mut()
-                    .for_each(|v| *v = (f64::from(*v) / f) as f32);
-            }
-        }
-        la.b.iter_mut()
-            .zip(s)
-            .for_each(|(v, f)| *v = (f64::from(*v) / f) as f32);
-    }
-    if let Some(lb) = layers.get_mut(&b) {
-        let shape = lb.w.shape().to_vec();
-        let (o_n, i_local) = (shape[0], shape[1]);
-        let k: usize = shape[2..].iter().product();
-        let per_group_out = o_n / lb.group.max(1);
-        if let Some(w) = lb.w.as_slice_mut() {
-            for o in 0..o_n {
-                let grp = o / per_group_out.max(1);
-                for j in 0..i_local {
-                    let c = grp * i_local + j;
-                    let f = s.get(c).copied().unwrap_or(1.0);
-                    for kk in 0..k {
-                        let idx = (o * i_local + j) * k + kk;
-                        w[idx] = (f64::from(w[idx]) * f) as f32;
-                    }
-                }
-            }
-        }
-    }
 }
