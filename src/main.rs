@@ -261,12 +261,19 @@ struct QuantizeArgs {
     /// Weight rounding: nearest, squant-e (= nearest), squant-k, squant-c, squant (K then C).
     #[arg(long, default_value = "squant", value_parser = ["nearest", "squant-e", "squant-k", "squant-c", "squant"])]
     rounding: String,
-    /// Where activation ranges come from: auto, bn, noise, noise-channels, calibrate.
+    /// Where activation ranges come from: auto (BN statistics where they reach a tensor, else
+    /// the same rule on per-channel statistics of a seeded noise pass), bn (BN only), noise
+    /// (SQuant's per-tensor noise rule everywhere), calibrate (--calibrate DIR);
+    /// noise-channels is the old name of auto.
     #[arg(long, default_value = "auto", value_parser = ["auto", "bn", "noise", "noise-channels", "calibrate"])]
     act_ranges: String,
     /// N of the BN rule: a range covers mean ± N·std of each channel.
     #[arg(long, default_value_t = 6.0)]
     bn_sigmas: f64,
+    /// N of the same rule on per-channel statistics of the noise pass (where BN statistics do
+    /// not reach: BN-folded exports, models without BN).
+    #[arg(long, default_value_t = 8.0)]
+    noise_sigmas: f64,
     /// Range of the model input, e.g. -2.118:2.640, so the first layer runs in integers too.
     #[arg(long, value_name = "LO:HI", allow_hyphen_values = true)]
     input_range: Option<String>,
@@ -600,6 +607,7 @@ fn quantize(args: QuantizeArgs) -> isquant::Result<ExitCode> {
         rounding,
         act_ranges,
         bn_sigmas: args.bn_sigmas,
+        noise_sigmas: args.noise_sigmas,
         input_range: input_range(&args)?,
         skip: args.skip.clone(),
         keep_first_float: args.keep_first_float,
@@ -723,7 +731,7 @@ fn print_summary(
     }
     if r.config.correct_bias {
         out!(
-            "bias       {} layers corrected (data-free, from BN statistics)",
+            "bias       {} layers corrected (data-free: E[x] from BN statistics, else from the noise pass)",
             r.bias_corrected
         );
     }

@@ -36,11 +36,12 @@ use crate::squant::Rounding;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum ActRanges {
-    /// BN statistics where they reach a tensor, SQuant's noise rule elsewhere.
+    /// BN statistics where they reach a tensor; elsewhere the BN-analytic rule on per-channel
+    /// statistics of the noise pass (`max_c |μ_c ± N·σ_c|`, N = `noise_sigmas`) for feature
+    /// maps, and SQuant's noise rule for other tensors.
     #[default]
     Auto,
-    /// BN statistics where they reach a tensor; elsewhere the BN-analytic rule on per-channel
-    /// statistics of the noise pass (feature maps; SQuant's rule for other tensors).
+    /// The same as `Auto` (its name before it became the default).
     NoiseChannels,
     /// BN statistics only (tensors they do not reach keep a float input).
     Bn,
@@ -96,6 +97,8 @@ pub struct QuantizeConfig {
     pub act_ranges: ActRanges,
     /// `N` of the BN rule.
     pub bn_sigmas: f64,
+    /// `N` of the BN rule applied to per-channel noise statistics (`noise-channels`).
+    pub noise_sigmas: f64,
     /// Range of the model input, if known.
     pub input_range: Option<(f32, f32)>,
     /// Node names, weight names, output value names or glob patterns (`*`, `?`) to keep float.
@@ -138,6 +141,7 @@ impl Default for QuantizeConfig {
             rounding: Rounding::Squant,
             act_ranges: ActRanges::Auto,
             bn_sigmas: 6.0,
+            noise_sigmas: 8.0,
             input_range: None,
             skip: Vec::new(),
             keep_first_float: false,
@@ -373,11 +377,13 @@ pub fn quantize(
             )));
         }
     }
-    if !(cfg.bn_sigmas > 0.0 && cfg.bn_sigmas.is_finite()) {
-        return Err(Error::Config(format!(
-            "--bn-sigmas must be positive, got {}",
-            cfg.bn_sigmas
-        )));
+    for (what, n) in [
+        ("--bn-sigmas", cfg.bn_sigmas),
+        ("--noise-sigmas", cfg.noise_sigmas),
+    ] {
+        if !(n > 0.0 && n.is_finite()) {
+            return Err(Error::Config(format!("{what} must be positive, got {n}")));
+        }
     }
     if let Some((lo, hi)) = cfg.input_range {
         if lo.partial_cmp(&hi) != Some(std::cmp::Ordering::Less)
@@ -703,15 +709,15 @@ pub fn quantize(
                         (ActRanges::Calibrate, CalibrationMethod::MinMax) => o.max_abs(),
                         (ActRanges::Calibrate, CalibrationMethod::Percentile(p)) => o.percentile(p),
                         // The BN-analytic rule on per-channel statistics of the noise pass.
-                        (ActRanges::NoiseChannels, _) => o
-                            .channel_gaussian_bound(cfg.bn_sigmas)
+                        (ActRanges::Auto | ActRanges::NoiseChannels, _) => o
+                            .channel_gaussian_bound(cfg.noise_sigmas)
                             .unwrap_or_else(|| o.sigma_rule(cfg.act_bits).0),
                         _ => o.sigma_rule(cfg.act_bits).0,
                     };
                     let rule = match cfg.act_ranges {
                         ActRanges::Calibrate => RangeRule::Calibrate,
-                        ActRanges::NoiseChannels
-                            if o.channel_gaussian_bound(cfg.bn_sigmas).is_some() =>
+                        ActRanges::Auto | ActRanges::NoiseChannels
+                            if o.channel_gaussian_bound(cfg.noise_sigmas).is_some() =>
                         {
                             RangeRule::NoiseChannels
                         }
@@ -943,8 +949,8 @@ pub fn config_summary(cfg: &QuantizeConfig) -> String {
         ActRanges::Auto | ActRanges::Noise | ActRanges::NoiseChannels
     ) {
         s.push_str(&format!(
-            " noise-batch={} noise-seed={}",
-            cfg.noise_batch, cfg.noise_seed
+            " noise-batch={} noise-seed={} noise-sigmas={}",
+            cfg.noise_batch, cfg.noise_seed, cfg.noise_sigmas
         ));
     }
     for p in &cfg.skip {
