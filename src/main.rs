@@ -272,7 +272,7 @@ struct QuantizeArgs {
     bn_sigmas: f64,
     /// N of the same rule on per-channel statistics of the noise pass (where BN statistics do
     /// not reach: BN-folded exports, models without BN).
-    #[arg(long, default_value_t = 8.0)]
+    #[arg(long, default_value_t = 4.0)]
     noise_sigmas: f64,
     /// Range of the model input, e.g. -2.118:2.640, so the first layer runs in integers too.
     #[arg(long, value_name = "LO:HI", allow_hyphen_values = true)]

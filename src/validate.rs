@@ -120,6 +120,22 @@ pub fn seeded_uniform(shape: &[usize], seed: u64, lo: f32, hi: f32) -> ArrayD<f3
     ArrayD::from_shape_vec(IxDyn(shape), v).unwrap_or_else(|_| ArrayD::zeros(IxDyn(shape)))
 }
 
+/// Seeded standard-normal values (Box–Muller on two [`seeded_uniform`] streams), identical on
+/// every machine.
+pub fn seeded_normal(shape: &[usize], seed: u64) -> ArrayD<f32> {
+    let u = seeded_uniform(shape, seed, 0.0, 1.0);
+    let v = seeded_uniform(shape, seed ^ 0x5DEE_CE66_D1CE_4E5B, 0.0, 1.0);
+    let mut out = u.clone();
+    out.iter_mut()
+        .zip(u.iter().zip(v.iter()))
+        .for_each(|(o, (&a, &b))| {
+            // u ∈ [0, 1): use 1 − u ∈ (0, 1] so the logarithm is finite.
+            let r = (-2.0 * (1.0 - f64::from(a)).ln()).sqrt();
+            *o = (r * (std::f64::consts::TAU * f64::from(b)).cos()) as f32;
+        });
+    out
+}
+
 /// Sums for SQNR / cosine / max error, merged in a fixed order.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Sums {
@@ -713,4 +729,29 @@ pub fn validate(
         seconds,
         samples_per_second: samples.len() as f64 / seconds.max(1e-9),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seeded_normal_is_standard_normal_and_deterministic() {
+        let a = seeded_normal(&[200_000], 5);
+        assert_eq!(a, seeded_normal(&[200_000], 5));
+        assert_ne!(a, seeded_normal(&[200_000], 6));
+        let n = a.len() as f64;
+        let mean = a.iter().map(|&v| f64::from(v)).sum::<f64>() / n;
+        let var = a
+            .iter()
+            .map(|&v| (f64::from(v) - mean).powi(2))
+            .sum::<f64>()
+            / n;
+        assert!(mean.abs() < 0.01, "mean {mean}");
+        assert!((var - 1.0).abs() < 0.02, "variance {var}");
+        // Tails as a Gaussian's: P(|x| > 3) ≈ 0.27 %.
+        let tail = a.iter().filter(|v| v.abs() > 3.0).count() as f64 / n;
+        assert!((0.0017..0.0037).contains(&tail), "tail {tail}");
+        assert!(a.iter().all(|v| v.is_finite()));
+    }
 }
