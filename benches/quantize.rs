@@ -13,7 +13,7 @@ mod resnet;
 use std::time::{Duration, Instant};
 
 use isquant::graph::Model;
-use isquant::passes::quantize::{quantize, QuantizeConfig};
+use isquant::passes::quantize::{quantize, Equalize, QuantizeConfig};
 use isquant::squant::{round_nearest, round_squant, Rounding};
 use ndarray::Array3;
 
@@ -44,14 +44,14 @@ fn main() {
         (
             "CLE+BC",
             QuantizeConfig {
-                equalize: true,
+                equalize: Equalize::On,
                 ..QuantizeConfig::default()
             },
         ),
         (
             "CLE+HBA+BC",
             QuantizeConfig {
-                equalize: true,
+                equalize: Equalize::On,
                 absorb_bias: true,
                 ..QuantizeConfig::default()
             },

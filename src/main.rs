@@ -247,8 +247,9 @@ struct QuantizeArgs {
     #[arg(long, default_value = "on", value_parser = ["on", "off"])]
     correct_bias: String,
     /// Cross-layer equalization (DFQ): rescale Conv→(Relu)→Conv chains so each tensor's
-    /// channels share one range; the float model is unchanged.
-    #[arg(long, default_value = "off", value_parser = ["on", "off"])]
+    /// channels share one range; the float model is unchanged. auto: on for BN-folded models
+    /// with depthwise convolutions (MobileNet-style exports), where it measured best.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "on", "off"])]
     equalize: String,
     /// High-bias absorption after equalization (DFQ): move `max(0, μ − 3σ)` of each equalized
     /// layer's bias into the next layer's bias (needs --equalize on and BN statistics).
@@ -590,7 +591,11 @@ fn quantize(args: QuantizeArgs) -> isquant::Result<ExitCode> {
             q::ActivationType::Auto
         },
         correct_bias: args.correct_bias == "on",
-        equalize: args.equalize == "on",
+        equalize: match args.equalize.as_str() {
+            "on" => q::Equalize::On,
+            "off" => q::Equalize::Off,
+            _ => q::Equalize::Auto,
+        },
         absorb_bias: args.absorb_bias == "on",
         relu6: match args.relu6.as_str() {
             "relu" => isquant::passes::equalize::Relu6::Relu,

@@ -62,6 +62,21 @@ pub enum Granularity {
     PerChannel,
 }
 
+/// Cross-layer equalization (`--equalize`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Equalize {
+    /// On when the model has a depthwise convolution (`group` = output channels > 1) and no
+    /// BatchNormalization (the exporter folded it): MobileNet-style exports, where channel
+    /// ranges differ most and no BN statistics inform the ranges.
+    #[default]
+    Auto,
+    /// Always.
+    On,
+    /// Never.
+    Off,
+}
+
 /// Activation encoding (`--activation-type`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -126,7 +141,7 @@ pub struct QuantizeConfig {
     /// Data-free bias correction from BN statistics (DFQ).
     pub correct_bias: bool,
     /// Cross-layer equalization (DFQ).
-    pub equalize: bool,
+    pub equalize: Equalize,
     /// ReLU6 handling under equalization.
     pub relu6: super::equalize::Relu6,
     /// High-bias absorption after equalization.
@@ -155,11 +170,24 @@ impl Default for QuantizeConfig {
             activation_type: ActivationType::Auto,
             granularity: Granularity::PerTensor,
             correct_bias: true,
-            equalize: false,
+            equalize: Equalize::Auto,
             relu6: super::equalize::Relu6::PerChannel,
             absorb_bias: false,
         }
     }
+}
+
+/// Whether a Conv has `group` > 1 equal to its weight's output channels (depthwise).
+fn has_depthwise(g: &crate::graph::Graph) -> bool {
+    let producers = g.producers();
+    g.nodes.iter().any(|n| {
+        let group = n.attr_int("group").ok().flatten().unwrap_or(1);
+        n.is("Conv")
+            && group > 1
+            && n.input(1)
+                .and_then(|w| g.constant_f32(w, &producers).ok().flatten())
+                .is_some_and(|w| w.shape().first().is_some_and(|&o| o as i64 == group))
+    })
 }
 
 /// The rounding mode's CLI name.
@@ -413,7 +441,17 @@ pub fn quantize(
     model.graph.sort_topologically()?;
     stage("fold-bn", t, &mut timings);
     let mut equalized = None;
-    if cfg.equalize {
+    let equalize = match cfg.equalize {
+        Equalize::On => true,
+        Equalize::Off => false,
+        // Decided by the ablation (docs/results.md): +2.1 dB on the BN-folded MobileNetV2,
+        // neutral with BN statistics (−0.03 dB on its BN form), harmful on ppocr (BN present,
+        // −0.8 dB) and CIFAR (no depthwise, one image).
+        Equalize::Auto => {
+            fold.folded.is_empty() && fold.kept.is_empty() && has_depthwise(&model.graph)
+        }
+    };
+    if equalize {
         progress("equalize");
         let t = Instant::now();
         equalized = Some(super::equalize::equalize(
@@ -977,6 +1015,20 @@ pub fn config_summary(cfg: &QuantizeConfig) -> String {
     } else {
         " correct-bias=off"
     });
+    s.push_str(match cfg.equalize {
+        Equalize::Auto => " equalize=auto",
+        Equalize::On => " equalize=on",
+        Equalize::Off => " equalize=off",
+    });
+    if cfg.absorb_bias {
+        s.push_str(" absorb-bias=on");
+    }
+    if cfg.format.is_qdq() {
+        s.push_str(&format!(" qdq-outputs={}", cfg.qdq_outputs.name()));
+    }
+    if cfg.activation_type == ActivationType::Int8 {
+        s.push_str(" activation-type=int8");
+    }
     s
 }
 
