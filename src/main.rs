@@ -275,6 +275,10 @@ struct QuantizeArgs {
     /// not reach: BN-folded exports, models without BN).
     #[arg(long, default_value_t = 4.0)]
     noise_sigmas: f64,
+    /// Images of the noise pass: normal (N(0,1), for normalised inputs) or uniform (U[0,1), for
+    /// models that take raw [0,1] images). --act-ranges noise always uses uniform (SQuant).
+    #[arg(long, default_value = "normal", value_parser = ["normal", "uniform"])]
+    noise_input: String,
     /// Range of the model input, e.g. -2.118:2.640, so the first layer runs in integers too.
     #[arg(long, value_name = "LO:HI", allow_hyphen_values = true)]
     input_range: Option<String>,
@@ -310,16 +314,18 @@ struct QuantizeArgs {
     /// (the same with uint8 non-negative activations that absorb Relu/Clip: fast ONNX Runtime).
     #[arg(long, value_parser = ["convinteger", "convinteger-u8", "qdq", "qdq-u8"])]
     format: Option<String>,
-    /// Pick the format for a runtime: tract (convinteger), ort (qdq-u8: fused QLinearConv),
+    /// Pick the format for a runtime: tract (convinteger), ort (qdq-u8 --qdq-outputs all:
+    /// every convolution fused to QLinearConv),
     /// ort-legacy (convinteger-u8), tensorrt (qdq, int8 only).
     #[arg(long, value_parser = ["tract", "ort", "ort-legacy", "tensorrt"])]
     target: Option<String>,
     /// Q/DQ formats: exact puts a Q -> DQ after a layer only where the next layers quantize
     /// that value at the same scale anyway, so the model computes what convinteger computes;
     /// all also quantizes every other layer output and both inputs of residual Adds, so ONNX
-    /// Runtime fuses more (faster), at the cost of extra rounding.
-    #[arg(long, default_value = "exact", value_parser = ["exact", "all"])]
-    qdq_outputs: String,
+    /// Runtime fuses every convolution (faster), at the cost of extra rounding. Default: all
+    /// with --target ort, else exact.
+    #[arg(long, value_parser = ["exact", "all"])]
+    qdq_outputs: Option<String>,
     /// Activation encoding: auto (uint8 where the value is non-negative, e.g. after Relu; else
     /// int8) or int8 everywhere (TensorRT; --format qdq always uses int8).
     #[arg(long, default_value = "auto", value_parser = ["auto", "int8"])]
@@ -572,7 +578,15 @@ fn quantize(args: QuantizeArgs) -> isquant::Result<ExitCode> {
         "convinteger-u8" => Format::ConvIntegerU8,
         _ => Format::ConvInteger,
     };
-    if args.qdq_outputs == "all" && !format.is_qdq() {
+    let qdq_outputs =
+        args.qdq_outputs
+            .as_deref()
+            .unwrap_or(if args.target.as_deref() == Some("ort") {
+                "all"
+            } else {
+                "exact"
+            });
+    if qdq_outputs == "all" && !format.is_qdq() {
         return Err(isquant::Error::Config(format!(
             "--qdq-outputs all needs --format qdq or qdq-u8 (the format is {})",
             format.name()
@@ -580,7 +594,7 @@ fn quantize(args: QuantizeArgs) -> isquant::Result<ExitCode> {
     }
     let cfg = QuantizeConfig {
         format,
-        qdq_outputs: if args.qdq_outputs == "all" {
+        qdq_outputs: if qdq_outputs == "all" {
             isquant::passes::emit::QdqOutputs::All
         } else {
             isquant::passes::emit::QdqOutputs::Exact
@@ -613,6 +627,11 @@ fn quantize(args: QuantizeArgs) -> isquant::Result<ExitCode> {
         act_ranges,
         bn_sigmas: args.bn_sigmas,
         noise_sigmas: args.noise_sigmas,
+        noise_input: if args.noise_input == "uniform" {
+            q::NoiseInput::Uniform
+        } else {
+            q::NoiseInput::Normal
+        },
         input_range: input_range(&args)?,
         skip: args.skip.clone(),
         keep_first_float: args.keep_first_float,

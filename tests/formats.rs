@@ -12,7 +12,7 @@ use isquant::validate::{seeded_uniform, Source, Sums, TractModel};
 use prost::Message;
 
 use crate::common::build::value_info;
-use crate::common::{proto, MODELS};
+use crate::common::{fixture, isquant, proto, MODELS};
 
 fn run(m: &pb::ModelProto, x: &ndarray::ArrayD<f32>) -> ndarray::ArrayD<f32> {
     let b = m.encode_to_vec();
@@ -265,7 +265,6 @@ fn qdq_output_passes_the_tensorrt_rules_and_convinteger_does_not() {
 
 #[test]
 fn every_format_keeps_accuracy_on_labeled_images() {
-    use crate::common::{fixture, isquant};
     let dir = tempfile::tempdir().unwrap();
     for (model, data, preset) in [
         (
@@ -344,4 +343,51 @@ fn per_channel_weights_run_in_every_format_and_keep_the_rules() {
             }
         }
     }
+}
+
+/// `--target ort` fuses every convolution (`--qdq-outputs all`); `--format qdq-u8` alone is the
+/// exact form; `all` is refused for the integer formats. The choice is recorded in the model.
+#[test]
+fn target_ort_picks_all_outputs_and_format_alone_stays_exact() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = fixture("mnist-cnn.onnx");
+    let config_of = |args: &[&str]| -> String {
+        let out = dir.path().join("m.onnx");
+        let mut full = vec![
+            "quantize",
+            model.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+        ];
+        full.extend_from_slice(args);
+        let r = isquant(&full);
+        assert_eq!(r.code, 0, "{args:?}: {}", r.stderr);
+        let m = isquant::load(&out).unwrap().model;
+        m.metadata()
+            .into_iter()
+            .find(|(k, _)| k == "isquant.config")
+            .map(|(_, v)| v)
+            .unwrap()
+    };
+    assert!(config_of(&["--target", "ort"]).contains("format=qdq-u8"));
+    assert!(config_of(&["--target", "ort"]).contains("qdq-outputs=all"));
+    assert!(config_of(&["--target", "ort", "--qdq-outputs", "exact"]).contains("qdq-outputs=exact"));
+    assert!(config_of(&["--format", "qdq-u8"]).contains("qdq-outputs=exact"));
+    assert!(config_of(&["--target", "tensorrt"]).contains("qdq-outputs=exact"));
+    let out = dir.path().join("x.onnx");
+    let r = isquant(&[
+        "quantize",
+        model.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--qdq-outputs",
+        "all",
+    ]);
+    assert_eq!(r.code, 2);
+    assert!(
+        r.stderr.contains("--qdq-outputs all needs --format qdq"),
+        "{}",
+        r.stderr
+    );
+    assert!(!out.exists());
 }

@@ -62,6 +62,17 @@ pub enum Granularity {
     PerChannel,
 }
 
+/// Images of the noise forward pass (`--noise-input`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NoiseInput {
+    /// N(0, 1) per pixel: what normalised inputs look like by construction.
+    #[default]
+    Normal,
+    /// U[0, 1) per pixel: models that take raw [0, 1] images (and SQuant's own rule).
+    Uniform,
+}
+
 /// Cross-layer equalization (`--equalize`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -114,6 +125,8 @@ pub struct QuantizeConfig {
     pub bn_sigmas: f64,
     /// `N` of the BN rule applied to per-channel noise statistics (`noise-channels`).
     pub noise_sigmas: f64,
+    /// Images of the noise pass for the per-channel rule (SQuant's rule always uses U[0, 1)).
+    pub noise_input: NoiseInput,
     /// Range of the model input, if known.
     pub input_range: Option<(f32, f32)>,
     /// Node names, weight names, output value names or glob patterns (`*`, `?`) to keep float.
@@ -157,6 +170,7 @@ impl Default for QuantizeConfig {
             act_ranges: ActRanges::Auto,
             bn_sigmas: 6.0,
             noise_sigmas: 4.0,
+            noise_input: NoiseInput::Normal,
             input_range: None,
             skip: Vec::new(),
             keep_first_float: false,
@@ -673,7 +687,8 @@ pub fn quantize(
                 // The per-channel rule (`auto`): N(0, 1) images, the statistics normalised
                 // inputs have by construction (BN-folded MobileNetV2 16.2 → 16.4 dB, mnist-cnn
                 // on real digits 3.5 → 35 dB against U[0, 1)).
-                let normal = cfg.act_ranges != ActRanges::Noise;
+                let normal =
+                    cfg.act_ranges != ActRanges::Noise && cfg.noise_input == NoiseInput::Normal;
                 forward_batches(
                     model,
                     cfg.input_shape.as_deref(),
@@ -997,8 +1012,14 @@ pub fn config_summary(cfg: &QuantizeConfig) -> String {
         ActRanges::Auto | ActRanges::Noise | ActRanges::NoiseChannels
     ) {
         s.push_str(&format!(
-            " noise-batch={} noise-seed={} noise-sigmas={}",
-            cfg.noise_batch, cfg.noise_seed, cfg.noise_sigmas
+            " noise-batch={} noise-seed={} noise-sigmas={} noise-input={}",
+            cfg.noise_batch,
+            cfg.noise_seed,
+            cfg.noise_sigmas,
+            match cfg.noise_input {
+                NoiseInput::Normal => "normal",
+                NoiseInput::Uniform => "uniform",
+            }
         ));
     }
     for p in &cfg.skip {
