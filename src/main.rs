@@ -752,6 +752,15 @@ fn print_summary(
             e.passes,
             e.relu6_rewritten
         );
+        if let Some(c) = &e.float_change {
+            out!(
+                "           ReLU6 replaced by Relu changed the float model: SQNR {:.2} dB against the original, max |diff| {:.3e}, top-1 agreement {:.2} % ({} seeded N(0,1) inputs)",
+                c.sqnr_db,
+                c.max_abs,
+                100.0 * c.top1_agreement,
+                c.inputs
+            );
+        }
     }
     if r.config.correct_bias {
         out!(

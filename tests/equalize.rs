@@ -49,10 +49,9 @@ fn equalization_keeps_every_fixture_float_exact() {
     assert!(applied >= 2, "CLE applied to only {applied} fixtures");
 }
 
-#[test]
-fn relu6_stays_exact_and_ranges_even_out() {
+/// Conv (4 channels with very different ranges) → Clip(0, 6) → depthwise → Relu → Conv.
+fn relu6_chain() -> isquant::onnx::pb::ModelProto {
     use crate::common::build::{ints, Builder};
-    // Conv (4 channels with very different ranges) → Clip(0, 6) → depthwise → Relu → Conv.
     let mut b = Builder::new(13).input("x", &[1, 3, 8, 8]);
     let mut w1 = crate::common::build::seeded(4 * 3 * 9, 5);
     for (i, v) in w1.iter_mut().enumerate() {
@@ -85,7 +84,12 @@ fn relu6_stays_exact_and_ranges_even_out() {
         .node("Relu", &["c2"], &["r2"], vec![])
         .node("Conv", &["r2", "w3"], &["y"], vec![])
         .output("y");
-    let p = b.build();
+    b.build()
+}
+
+#[test]
+fn relu6_stays_exact_and_ranges_even_out() {
+    let p = relu6_chain();
     let mut m = Model::from_proto(p.clone()).unwrap();
     let mut stats = Default::default();
     let r = equalize(&mut m, &mut stats, Relu6::PerChannel, false).unwrap();
@@ -177,4 +181,30 @@ fn high_bias_absorption_is_exact_when_preactivations_stay_above_c() {
         .fold(0f32, |m, (u, v)| m.max((u - v).abs()))
         / scale;
     assert!(err < 1e-4, "relative error {err}");
+}
+
+/// `--relu6 relu` changes the float model and the report says by how much; the default
+/// per-channel bound changes nothing and reports nothing.
+#[test]
+fn relu6_replacement_reports_the_float_change() {
+    use isquant::passes::quantize::{quantize, Equalize, QuantizeConfig};
+    let run = |relu6: Relu6| {
+        let mut m = Model::from_proto(relu6_chain()).unwrap();
+        let cfg = QuantizeConfig {
+            equalize: Equalize::On,
+            relu6,
+            ..QuantizeConfig::default()
+        };
+        quantize(&mut m, &cfg, None, &mut |_| {})
+            .unwrap()
+            .equalized
+            .unwrap()
+    };
+    let replaced = run(Relu6::Relu);
+    assert_eq!(replaced.relu6_rewritten, 1);
+    let c = replaced.float_change.expect("float change measured");
+    assert_eq!(c.inputs, 8);
+    // Channel 2's pre-activations (weights ×8) pass 6 on N(0,1) inputs: the outputs move.
+    assert!(c.max_abs > 1e-3 && c.sqnr_db.is_finite(), "{c:?}");
+    assert!(run(Relu6::PerChannel).float_change.is_none());
 }

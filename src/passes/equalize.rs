@@ -56,6 +56,22 @@ pub struct EqualizeReport {
     pub passes: usize,
     /// ReLU6 nodes rewritten (per-channel bound, or replaced by Relu).
     pub relu6_rewritten: usize,
+    /// With `--relu6 relu`: how much replacing ReLU6 by Relu changed the float model.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub float_change: Option<FloatChange>,
+}
+
+/// The float model's first output after vs before equalization, on seeded N(0, 1) inputs.
+#[derive(Debug, Clone, Serialize)]
+pub struct FloatChange {
+    /// Inputs compared.
+    pub inputs: usize,
+    /// SQNR of the equalized float output against the original (dB).
+    pub sqnr_db: f64,
+    /// Largest absolute difference.
+    pub max_abs: f64,
+    /// Top-1 agreement between the two float models (when the output has classes).
+    pub top1_agreement: f64,
 }
 
 /// Convergence threshold on `max |ln s|` of a pass (1 % scale change).

@@ -191,6 +191,57 @@ impl Default for QuantizeConfig {
     }
 }
 
+/// Runs the float model before and after equalization on 8 seeded N(0, 1) inputs in tract and
+/// compares their first outputs (what `--relu6 relu` changed).
+fn float_change(
+    before: &Model,
+    after: &Model,
+    cfg: &QuantizeConfig,
+) -> Result<super::equalize::FloatChange> {
+    use crate::validate::{top_k, Source, Sums, TractModel};
+    use prost::Message;
+    let batches = forward_batches(before, cfg.input_shape.as_deref(), 8, 8, |s, k| {
+        crate::validate::seeded_normal(s, cfg.noise_seed.wrapping_add(1000 + k as u64))
+    })?;
+    let (a, b) = (
+        before.to_proto().encode_to_vec(),
+        after.to_proto().encode_to_vec(),
+    );
+    let mut sums = Sums::default();
+    let (mut agree, mut rows) = (0usize, 0usize);
+    for batch in &batches {
+        let shapes: Vec<Vec<usize>> = batch.iter().map(|x| x.shape().to_vec()).collect();
+        let ya = TractModel::load(Source::Bytes(&a), &shapes)?.run(batch)?;
+        let yb = TractModel::load(Source::Bytes(&b), &shapes)?.run(batch)?;
+        let (Some(ya), Some(yb)) = (ya.first(), yb.first()) else {
+            continue;
+        };
+        sums.add(ya, yb);
+        if ya.ndim() == 2 && ya.shape()[1] > 1 {
+            for (ra, rb) in ya.outer_iter().zip(yb.outer_iter()) {
+                let (ra, rb): (Vec<f32>, Vec<f32>) =
+                    (ra.iter().copied().collect(), rb.iter().copied().collect());
+                agree += usize::from(top_k(&ra, 1) == top_k(&rb, 1));
+                rows += 1;
+            }
+        }
+    }
+    Ok(super::equalize::FloatChange {
+        inputs: batches
+            .iter()
+            .filter_map(|b| b.first())
+            .map(|x| x.shape().first().copied().unwrap_or(1))
+            .sum(),
+        sqnr_db: sums.sqnr_db(),
+        max_abs: sums.max_abs(),
+        top1_agreement: if rows > 0 {
+            agree as f64 / rows as f64
+        } else {
+            f64::NAN
+        },
+    })
+}
+
 /// Whether a Conv has `group` > 1 equal to its weight's output channels (depthwise).
 fn has_depthwise(g: &crate::graph::Graph) -> bool {
     let producers = g.producers();
@@ -468,13 +519,15 @@ pub fn quantize(
     if equalize {
         progress("equalize");
         let t = Instant::now();
-        equalized = Some(super::equalize::equalize(
-            model,
-            &mut fold.stats,
-            cfg.relu6,
-            cfg.absorb_bias,
-        )?);
+        let before = (cfg.relu6 == super::equalize::Relu6::Relu).then(|| model.clone());
+        let mut report =
+            super::equalize::equalize(model, &mut fold.stats, cfg.relu6, cfg.absorb_bias)?;
         model.graph.sort_topologically()?;
+        if let Some(before) = before.filter(|_| report.relu6_rewritten > 0) {
+            progress("measure the float change of ReLU6 → Relu");
+            report.float_change = Some(float_change(&before, model, cfg)?);
+        }
+        equalized = Some(report);
         stage("equalize", t, &mut timings);
     }
 
