@@ -20,10 +20,18 @@
 //! **`qdq`** (TensorRT, ONNX Runtime's fused QLinearConv): the float ops stay and read
 //! `DequantizeLinear` outputs: weights `DQ(W_q, s_w, 0)`, activations
 //! `Q(x, s_x, 0) → DQ` (int8 only, one DQ per consumer); the bias stays float (ONNX
-//! Runtime fuses `DQ → Conv → Q` with a float bias too, and TensorRT dequantizes int8 only). When a layer's output reaches another
-//! quantized layer directly or through Relu / Clip(≥ 0), a `Q → DQ` with that layer's input
-//! scale is also put right after it, so runtimes fuse `DQ → Conv → Q` (negative values it
-//! clips are zeroed by the activation anyway).
+//! Runtime fuses `DQ → Conv → Q` with a float bias too, and TensorRT dequantizes int8 only).
+//! A `Q → DQ` after a layer lets runtimes fuse `DQ → Conv → Q`; where it goes is
+//! [`QdqOutputs`]:
+//! - `exact` (default): only when every reader of the output is a quantized layer with the same
+//!   input scale, directly or through one Relu / Clip(lo ≥ 0) whose readers all are. The Q is
+//!   then the one those layers apply anyway (`Q(clip(DQ(Q(y)))) = Q(clip(y))`: rounding is
+//!   monotone, so it commutes with the clamp), so the model computes what `convinteger`
+//!   computes up to float summation order: fed the same quantized inputs, every tensor is
+//!   within one step.
+//! - `all`: also after every other layer with a known output range, and both inputs of
+//!   residual Adds read a DQ, so every convolution fuses; these extra roundings are not in
+//!   the integer format.
 //!
 //! The last node writes the original output name, so consumers are untouched. Every
 //! QuantizeLinear gets an explicit zero-point initializer of the intended type (tract ignores
