@@ -123,7 +123,7 @@ pub struct QuantizeConfig {
     pub act_ranges: ActRanges,
     /// `N` of the BN rule.
     pub bn_sigmas: f64,
-    /// `N` of the BN rule applied to per-channel noise statistics (`noise-channels`).
+    /// `N` of the BN rule applied to per-channel noise statistics (where BN does not reach).
     pub noise_sigmas: f64,
     /// Images of the noise pass for the per-channel rule (SQuant's rule always uses U[0, 1)).
     pub noise_input: NoiseInput,
