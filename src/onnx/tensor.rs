@@ -398,9 +398,10 @@ pub fn to_f32(t: &pb::TensorProto) -> Result<ArrayD<f32>> {
 /// Encodes values as a `TensorProto` named `name`, with the values in `raw_data`.
 pub fn from_array(name: &str, data: &TensorData) -> pb::TensorProto {
     fn le<T: Copy, const N: usize>(a: &ArrayD<T>, f: impl Fn(T) -> [u8; N]) -> Vec<u8> {
-        let mut out = Vec::with_capacity(a.len() * N);
-        for &v in a.iter() {
-            out.extend_from_slice(&f(v));
+        // Fixed-size chunks of a preallocated buffer: compiles to straight copies.
+        let mut out = vec![0u8; a.len() * N];
+        for (dst, &v) in out.chunks_exact_mut(N).zip(a.iter()) {
+            dst.copy_from_slice(&f(v));
         }
         out
     }
@@ -416,6 +417,17 @@ pub fn from_array(name: &str, data: &TensorData) -> pb::TensorProto {
     pb::TensorProto {
         dims: data.shape().iter().map(|&d| d as i64).collect(),
         data_type: Some(data.data_type() as i32),
+        name: Some(name.to_string()),
+        raw_data: Some(Bytes::from(raw)),
+        ..Default::default()
+    }
+}
+
+/// A FLOAT tensor from little-endian f32 bytes (`raw.len() = 4 · Π shape`, not checked).
+pub fn from_f32_le_bytes(name: &str, shape: &[usize], raw: Vec<u8>) -> pb::TensorProto {
+    pb::TensorProto {
+        dims: shape.iter().map(|&d| d as i64).collect(),
+        data_type: Some(DataType::Float as i32),
         name: Some(name.to_string()),
         raw_data: Some(Bytes::from(raw)),
         ..Default::default()

@@ -96,6 +96,10 @@ struct Layer {
     out_s: Vec<f64>,
     /// Accumulated factor of each input channel, `group · I_local` of them (as B).
     in_s: Vec<f64>,
+    /// `max_j absmax[o, j]·in_s[j]` per output channel, valid while `in_s` is unchanged.
+    row_max: Option<Vec<f64>>,
+    /// `max_o absmax[o, c]/out_s[o]` per input channel, valid while `out_s` is unchanged.
+    col_max: Option<Vec<f64>>,
 }
 
 impl Layer {
@@ -107,9 +111,13 @@ impl Layer {
         let absmax = w
             .as_slice()
             .map(|v| {
-                v.chunks(k.max(1))
-                    .map(|c| c.iter().fold(0f32, |m, x| m.max(x.abs())))
-                    .collect()
+                if k <= 1 {
+                    v.iter().map(|x| x.abs()).collect()
+                } else {
+                    v.chunks(k)
+                        .map(|c| c.iter().fold(0f32, |m, x| m.max(x.abs())))
+                        .collect()
+                }
             })
             .unwrap_or_else(|| vec![0.0; o_n * i_local]);
         Layer {
@@ -119,6 +127,8 @@ impl Layer {
             absmax,
             out_s: vec![1.0; o_n],
             in_s: vec![1.0; i_local * group],
+            row_max: None,
+            col_max: None,
         }
     }
 
@@ -128,27 +138,51 @@ impl Layer {
         (o_n, i_local, o_n / self.group.max(1))
     }
 
-    /// Applies the accumulated scales to the weights and bias:
-    /// `W[o, j, k] · in_s[g·I + j] / out_s[o]`, `b[o] / out_s[o]`.
-    fn materialize(&mut self) {
-        let (o_n, i_local, per_group_out) = self.dims();
-        let k: usize = self.w.shape().iter().skip(2).product();
-        if let Some(w) = self.w.as_slice_mut() {
-            for o in 0..o_n {
-                let grp = o / per_group_out.max(1);
-                for j in 0..i_local {
-                    let f = self.in_s[grp * i_local + j] / self.out_s[o];
-                    for v in &mut w[(o * i_local + j) * k..(o * i_local + j + 1) * k] {
-                        *v = (f64::from(*v) * f) as f32;
-                    }
-                }
-            }
-        }
+    /// `in_s[g·I + j] / out_s[o]`: the factor the accumulated scales put on `W[o, j, ·]`.
+    fn factor(&self, o: usize, j: usize) -> f64 {
+        let (_, i_local, per_group_out) = self.dims();
+        let grp = o / per_group_out.max(1);
+        self.in_s[grp * i_local + j] / self.out_s[o]
+    }
+
+    /// Applies the accumulated output scales to the bias: `b[o] / out_s[o]`.
+    fn scale_bias(&mut self) {
         for (b, s) in self.b.iter_mut().zip(&self.out_s) {
             *b = (f64::from(*b) / s) as f32;
         }
-        self.out_s.iter_mut().for_each(|v| *v = 1.0);
-        self.in_s.iter_mut().for_each(|v| *v = 1.0);
+    }
+
+    /// The rescaled weight `W[o, j, k] · factor(o, j)`, encoded straight into a FLOAT tensor
+    /// (one pass over the weight).
+    fn encode_weight(&self, name: &str) -> pb::TensorProto {
+        let (o_n, i_local, per_group_out) = self.dims();
+        let k: usize = self.w.shape().iter().skip(2).product();
+        let w = self.w.as_slice().unwrap_or(&[]);
+        let mut raw = vec![0u8; w.len() * 4];
+        let row = i_local * k;
+        for o in 0..o_n {
+            let grp = o / per_group_out.max(1);
+            let inv = 1.0 / self.out_s[o];
+            let ins = self
+                .in_s
+                .get(grp * i_local..(grp + 1) * i_local)
+                .unwrap_or(&[]);
+            let src = w.get(o * row..(o + 1) * row).unwrap_or(&[]);
+            let dst = raw
+                .get_mut(o * row * 4..(o + 1) * row * 4)
+                .unwrap_or(&mut []);
+            for ((d, s), &f_in) in dst
+                .chunks_exact_mut(k * 4)
+                .zip(src.chunks_exact(k.max(1)))
+                .zip(ins)
+            {
+                let f = f_in * inv;
+                for (d, &v) in d.chunks_exact_mut(4).zip(s) {
+                    d.copy_from_slice(&((f64::from(v) * f) as f32).to_le_bytes());
+                }
+            }
+        }
+        tensor::from_f32_le_bytes(name, self.w.shape(), raw)
     }
 }
 
@@ -294,13 +328,23 @@ pub fn equalize(
         report.passes = pass;
         let mut worst = 0f64;
         for p in &pairs {
+            // Only the side whose scales moved since is recomputed: in a chain A → B → C the
+            // ranges of A's rows and C's columns never change, only B's.
+            if let Some(la) = layers.get_mut(&p.a) {
+                la.refresh_row_max();
+            }
+            if let Some(lb) = layers.get_mut(&p.b) {
+                lb.refresh_col_max();
+            }
             let s = pair_scales(&layers[&p.a], &layers[&p.b]);
             worst = s.iter().fold(worst, |m, v| m.max(v.ln().abs()));
             if let Some(la) = layers.get_mut(&p.a) {
                 la.out_s.iter_mut().zip(&s).for_each(|(a, f)| *a *= f);
+                la.col_max = None;
             }
             if let Some(lb) = layers.get_mut(&p.b) {
                 lb.in_s.iter_mut().zip(&s).for_each(|(a, f)| *a *= f);
+                lb.row_max = None;
             }
             if let Some(t) = total.get_mut(&p.a) {
                 t.iter_mut().zip(&s).for_each(|(a, b)| *a *= b);
@@ -310,7 +354,8 @@ pub fn equalize(
             break;
         }
     }
-    layers.par_iter_mut().for_each(|(_, l)| l.materialize());
+    // Biases now; weights are rescaled while they are encoded.
+    layers.values_mut().for_each(Layer::scale_bias);
     // High-bias absorption (DFQ §5.2, `algorithm.md` §5.2): with A's output modelled as
     // N(μ_i, σ_i²) (BN statistics divided by the CLE scale), move `c_i = max(0, μ_i − 3σ_i)`
     // (after Relu / ReLU6; `μ_i` without activation) from A's bias into B's:
@@ -355,28 +400,38 @@ pub fn equalize(
             if c.iter().all(|&v| v == 0.0) {
                 continue;
             }
-            let lb_w: Vec<f32> = layers[&p.b].w.iter().copied().collect();
-            let shape = layers[&p.b].w.shape().to_vec();
-            let (o_n, i_local) = (shape[0], shape[1]);
-            let k: usize = shape[2..].iter().product();
-            let per_group_out = o_n / layers[&p.b].group.max(1);
             if let Some(la) = layers.get_mut(&p.a) {
                 la.b.iter_mut()
                     .zip(&c)
                     .for_each(|(b, ci)| *b = (f64::from(*b) - ci) as f32);
             }
             if let Some(lb) = layers.get_mut(&p.b) {
-                for o in 0..o_n {
-                    let grp = o / per_group_out.max(1);
-                    let mut add = 0f64;
-                    for j in 0..i_local {
-                        let ci = c.get(grp * i_local + j).copied().unwrap_or(0.0);
-                        let wsum: f64 = (0..k)
-                            .map(|kk| f64::from(lb_w[(o * i_local + j) * k + kk]))
-                            .sum();
-                        add += wsum * ci;
-                    }
-                    lb.b[o] = (f64::from(lb.b[o]) + add) as f32;
+                // Kernel sums of B as rescaled: `factor(o, j) · Σ_k W[o, j, k]`.
+                let (o_n, i_local, per_group_out) = lb.dims();
+                let k: usize = lb.w.shape().iter().skip(2).product();
+                let adds: Vec<f64> = {
+                    let w = lb.w.as_slice().unwrap_or(&[]);
+                    (0..o_n)
+                        .map(|o| {
+                            let grp = o / per_group_out.max(1);
+                            (0..i_local)
+                                .map(|j| {
+                                    let ci = c.get(grp * i_local + j).copied().unwrap_or(0.0);
+                                    let at = (o * i_local + j) * k;
+                                    let wsum: f64 = w
+                                        .get(at..at + k)
+                                        .unwrap_or(&[])
+                                        .iter()
+                                        .map(|&v| f64::from(v))
+                                        .sum();
+                                    wsum * lb.factor(o, j) * ci
+                                })
+                                .sum()
+                        })
+                        .collect()
+                };
+                for (b, add) in lb.b.iter_mut().zip(adds) {
+                    *b = (f64::from(*b) + add) as f32;
                 }
             }
             absorbed.insert(p.a, c);
@@ -398,14 +453,11 @@ pub fn equalize(
     let encoded: Vec<(usize, pb::TensorProto, pb::TensorProto)> = named
         .into_par_iter()
         .map(|(idx, w_name, b_name, l)| {
+            let w = l.encode_weight(&w_name);
             let bn = l.b.len();
             let bias = ArrayD::from_shape_vec(IxDyn(&[bn]), l.b)
                 .unwrap_or_else(|_| ArrayD::zeros(IxDyn(&[0])));
-            (
-                idx,
-                tensor::from_f32(&w_name, l.w),
-                tensor::from_f32(&b_name, bias),
-            )
+            (idx, w, tensor::from_f32(&b_name, bias))
         })
         .collect();
     for (idx, w, b) in encoded {
@@ -507,45 +559,61 @@ fn skip(n: &Node, reason: &str) -> Skip {
     }
 }
 
-/// `s_i = sqrt(r1_i / r2_i)` per output channel of A (1 when a range is 0), with the ranges of
-/// the weights as currently scaled.
-fn pair_scales(a: &Layer, b: &Layer) -> Vec<f64> {
-    let (out_a, il_a, pgo_a) = a.dims();
-    let r1 = || -> Vec<f64> {
-        (0..out_a)
-            .map(|i| {
-                let grp = i / pgo_a.max(1);
-                let row = &a.absmax[i * il_a..(i + 1) * il_a];
-                let m = row
-                    .iter()
-                    .zip(&a.in_s[grp * il_a..(grp + 1) * il_a])
-                    .fold(0f64, |m, (&w, s)| m.max(f64::from(w) * s));
-                m / a.out_s[i]
-            })
-            .collect()
-    };
-    // B's input-channel ranges, walking its rows (row-major: cache-friendly).
-    let r2 = || -> Vec<f64> {
-        let (o_b, il_b, pgo_b) = b.dims();
-        let mut r2 = vec![0f64; out_a];
-        for o in 0..o_b {
-            let grp = o / pgo_b.max(1);
-            let inv = 1.0 / b.out_s[o];
-            let row = &b.absmax[o * il_b..(o + 1) * il_b];
-            if let Some(dst) = r2.get_mut(grp * il_b..(grp + 1) * il_b) {
-                dst.iter_mut()
-                    .zip(row)
-                    .for_each(|(m, &w)| *m = m.max(f64::from(w) * inv));
+impl Layer {
+    /// Computes `row_max` if `in_s` changed since (f32 inner loop: vectorizes; ranges need no
+    /// more precision).
+    fn refresh_row_max(&mut self) {
+        if self.row_max.is_some() {
+            return;
+        }
+        let (o_n, il, pgo) = self.dims();
+        let ins: Vec<f32> = self.in_s.iter().map(|&v| v as f32).collect();
+        self.row_max = Some(
+            (0..o_n)
+                .map(|i| {
+                    let grp = i / pgo.max(1);
+                    let row = self.absmax.get(i * il..(i + 1) * il).unwrap_or(&[]);
+                    let s = ins.get(grp * il..(grp + 1) * il).unwrap_or(&[]);
+                    f64::from(max_scaled(row, s))
+                })
+                .collect(),
+        );
+    }
+
+    /// Computes `col_max` if `out_s` changed since, walking rows (row-major: cache-friendly).
+    fn refresh_col_max(&mut self) {
+        if self.col_max.is_some() {
+            return;
+        }
+        let (o_n, il, pgo) = self.dims();
+        let mut m = vec![0f32; self.in_s.len()];
+        for o in 0..o_n {
+            let grp = o / pgo.max(1);
+            let inv = (1.0 / self.out_s[o]) as f32;
+            let row = self.absmax.get(o * il..(o + 1) * il).unwrap_or(&[]);
+            if let Some(dst) = m.get_mut(grp * il..(grp + 1) * il) {
+                for (d, &w) in dst.iter_mut().zip(row) {
+                    let v = w * inv;
+                    *d = if v > *d { v } else { *d };
+                }
             }
         }
-        r2.iter_mut().zip(&b.in_s).for_each(|(m, s)| *m *= s);
-        r2
+        self.col_max = Some(m.into_iter().map(f64::from).collect());
+    }
+}
+
+/// `s_i = sqrt(r1_i / r2_i)` per output channel of A (1 when a range is 0) with the ranges of
+/// the weights as currently scaled: `r1_i = row_max_A[i] / out_s_A[i]`,
+/// `r2_i = col_max_B[i] · in_s_B[i]`. Both caches must be fresh.
+fn pair_scales(a: &Layer, b: &Layer) -> Vec<f64> {
+    let (Some(rows), Some(cols)) = (&a.row_max, &b.col_max) else {
+        return vec![1.0; a.out_s.len()];
     };
-    // The two sides are independent: one per core.
-    let (r1, r2) = rayon::join(r1, r2);
-    r1.into_iter()
-        .zip(r2)
-        .map(|(x, y)| {
+    rows.iter()
+        .zip(&a.out_s)
+        .zip(cols.iter().zip(&b.in_s))
+        .map(|((r, o), (c, i))| {
+            let (x, y) = (r / o, c * i);
             if x > 0.0 && y > 0.0 {
                 (x / y).sqrt().clamp(1e-8, 1e8)
             } else {
@@ -553,4 +621,19 @@ fn pair_scales(a: &Layer, b: &Layer) -> Vec<f64> {
             }
         })
         .collect()
+}
+
+/// `max_j row[j]·s[j]` (both non-negative), with eight independent lanes so it vectorizes.
+fn max_scaled(row: &[f32], s: &[f32]) -> f32 {
+    let mut lanes = [0f32; 8];
+    let (rc, sc) = (row.chunks_exact(8), s.chunks_exact(8));
+    let (rr, sr) = (rc.remainder(), sc.remainder());
+    for (r, s) in rc.zip(sc) {
+        for k in 0..8 {
+            let v = r[k] * s[k];
+            lanes[k] = if v > lanes[k] { v } else { lanes[k] };
+        }
+    }
+    let tail = rr.iter().zip(sr).fold(0f32, |m, (&r, &s)| m.max(r * s));
+    lanes.iter().fold(tail, |m, &v| m.max(v))
 }
