@@ -29,7 +29,8 @@ use super::Skip;
 use crate::error::Result;
 use crate::graph::names::NameGen;
 use crate::graph::{Model, Node};
-use crate::onnx::{pb, tensor};
+use crate::onnx::{pb, tensor, DataType};
+use bytes::Bytes;
 use rayon::prelude::*;
 
 /// What to do with ReLU6 (Clip(0, c)) between two equalized layers.
@@ -87,7 +88,10 @@ struct Pair {
 }
 
 struct Layer {
-    w: ArrayD<f32>,
+    /// The weight as little-endian f32 bytes (the initializer's own buffer when it has one:
+    /// no decode, no copy).
+    raw: Bytes,
+    shape: Vec<usize>,
     b: Vec<f32>,
     group: usize,
     /// `max_k |W[o, j, k]|` of the original weight, `[O, I_local]` row-major.
@@ -103,25 +107,20 @@ struct Layer {
 }
 
 impl Layer {
-    fn new(w: ArrayD<f32>, b: Vec<f32>, group: usize) -> Layer {
-        let shape = w.shape().to_vec();
+    fn new(raw: Bytes, shape: Vec<usize>, b: Vec<f32>, group: usize) -> Layer {
         let o_n = shape.first().copied().unwrap_or(0);
         let i_local = shape.get(1).copied().unwrap_or(0);
         let k: usize = shape.iter().skip(2).product();
-        let absmax = w
-            .as_slice()
-            .map(|v| {
-                if k <= 1 {
-                    v.iter().map(|x| x.abs()).collect()
-                } else {
-                    v.chunks(k)
-                        .map(|c| c.iter().fold(0f32, |m, x| m.max(x.abs())))
-                        .collect()
-                }
-            })
-            .unwrap_or_else(|| vec![0.0; o_n * i_local]);
+        let absmax = if k <= 1 {
+            f32s(&raw).map(f32::abs).collect()
+        } else {
+            raw.chunks_exact(4 * k)
+                .map(|c| f32s(c).fold(0f32, |m, x| m.max(x.abs())))
+                .collect()
+        };
         Layer {
-            w,
+            raw,
+            shape,
             b,
             group,
             absmax,
@@ -132,9 +131,14 @@ impl Layer {
         }
     }
 
+    /// Elements per kernel (`Π shape[2..]`).
+    fn kernel(&self) -> usize {
+        self.shape.iter().skip(2).product()
+    }
+
     fn dims(&self) -> (usize, usize, usize) {
         let o_n = self.out_s.len();
-        let i_local = self.w.shape().get(1).copied().unwrap_or(0);
+        let i_local = self.shape.get(1).copied().unwrap_or(0);
         (o_n, i_local, o_n / self.group.max(1))
     }
 
@@ -156,10 +160,9 @@ impl Layer {
     /// (one pass over the weight).
     fn encode_weight(&self, name: &str) -> pb::TensorProto {
         let (o_n, i_local, per_group_out) = self.dims();
-        let k: usize = self.w.shape().iter().skip(2).product();
-        let w = self.w.as_slice().unwrap_or(&[]);
-        let mut raw = vec![0u8; w.len() * 4];
-        let row = i_local * k;
+        let k = self.kernel().max(1);
+        let mut out = vec![0u8; self.raw.len()];
+        let row = i_local * k * 4;
         for o in 0..o_n {
             let grp = o / per_group_out.max(1);
             let inv = 1.0 / self.out_s[o];
@@ -167,23 +170,30 @@ impl Layer {
                 .in_s
                 .get(grp * i_local..(grp + 1) * i_local)
                 .unwrap_or(&[]);
-            let src = w.get(o * row..(o + 1) * row).unwrap_or(&[]);
-            let dst = raw
-                .get_mut(o * row * 4..(o + 1) * row * 4)
-                .unwrap_or(&mut []);
+            let src = self.raw.get(o * row..(o + 1) * row).unwrap_or(&[]);
+            let dst = out.get_mut(o * row..(o + 1) * row).unwrap_or(&mut []);
             for ((d, s), &f_in) in dst
-                .chunks_exact_mut(k * 4)
-                .zip(src.chunks_exact(k.max(1)))
+                .chunks_exact_mut(4 * k)
+                .zip(src.chunks_exact(4 * k))
                 .zip(ins)
             {
                 let f = f_in * inv;
-                for (d, &v) in d.chunks_exact_mut(4).zip(s) {
+                for (d, v) in d.chunks_exact_mut(4).zip(f32s(s)) {
                     d.copy_from_slice(&((f64::from(v) * f) as f32).to_le_bytes());
                 }
             }
         }
-        tensor::from_f32_le_bytes(name, self.w.shape(), raw)
+        tensor::from_f32_le_bytes(name, &self.shape, out)
     }
+}
+
+/// The little-endian f32 values of `bytes`.
+fn f32s(bytes: &[u8]) -> impl Iterator<Item = f32> + '_ {
+    bytes.chunks_exact(4).map(|c| {
+        let mut a = [0u8; 4];
+        a.copy_from_slice(c);
+        f32::from_le_bytes(a)
+    })
 }
 
 /// Equalizes every eligible chain in place and updates `stats`.
@@ -295,10 +305,23 @@ pub fn equalize(
         .par_iter()
         .map(|&idx| -> Result<(usize, Layer)> {
             let n = &g.nodes[idx];
-            let w = g
-                .constant_f32(n.input(1).unwrap_or(""), &producers)?
+            let w_name = n.input(1).unwrap_or("");
+            let (t, _) = g
+                .constant_with(w_name, &producers)?
                 .ok_or_else(|| n.error("weight is not a constant"))?;
-            let o = w.shape().first().copied().unwrap_or(0);
+            let shape = tensor::shape_of(&t)?;
+            let count: usize = shape.iter().product();
+            let raw = match &t.raw_data {
+                Some(r) if t.data_type == Some(DataType::Float as i32) && r.len() == count * 4 => {
+                    r.clone()
+                }
+                // Other encodings (float_data, FLOAT16, …): decode once.
+                _ => {
+                    let w = tensor::to_f32(&t)?;
+                    Bytes::from(w.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>())
+                }
+            };
+            let o = shape.first().copied().unwrap_or(0);
             let b = match n.input(2) {
                 Some(b) => g
                     .constant_f32(b, &producers)?
@@ -307,20 +330,20 @@ pub fn equalize(
                 None => vec![0.0; o],
             };
             let group = n.attr_int("group")?.unwrap_or(1).max(1) as usize;
-            Ok((idx, Layer::new(w, b, group)))
+            Ok((idx, Layer::new(raw, shape, b, group)))
         })
         .collect::<Result<_>>()?;
     let mut layers: HashMap<usize, Layer> = loaded.into_iter().collect();
     // Consistency: A's output channels must be B's input channels.
     pairs.retain(|p| {
         let (la, lb) = (&layers[&p.a], &layers[&p.b]);
-        let out_a = la.w.shape()[0];
-        let in_b = lb.w.shape().get(1).copied().unwrap_or(0) * lb.group;
-        out_a == in_b && la.w.ndim() >= 3 && lb.w.ndim() >= 3 && out_a % lb.group == 0
+        let out_a = la.shape.first().copied().unwrap_or(0);
+        let in_b = lb.shape.get(1).copied().unwrap_or(0) * lb.group;
+        out_a == in_b && la.shape.len() >= 3 && lb.shape.len() >= 3 && out_a % lb.group == 0
     });
     let mut total: HashMap<usize, Vec<f64>> = pairs
         .iter()
-        .map(|p| (p.a, vec![1.0; layers[&p.a].w.shape()[0]]))
+        .map(|p| (p.a, vec![1.0; layers[&p.a].out_s.len()]))
         .collect();
     // The passes work on per-channel ranges (`max_k |W|` and the accumulated scales); the
     // weights are rescaled once at the end.
@@ -408,28 +431,22 @@ pub fn equalize(
             if let Some(lb) = layers.get_mut(&p.b) {
                 // Kernel sums of B as rescaled: `factor(o, j) · Σ_k W[o, j, k]`.
                 let (o_n, i_local, per_group_out) = lb.dims();
-                let k: usize = lb.w.shape().iter().skip(2).product();
-                let adds: Vec<f64> = {
-                    let w = lb.w.as_slice().unwrap_or(&[]);
-                    (0..o_n)
-                        .map(|o| {
-                            let grp = o / per_group_out.max(1);
-                            (0..i_local)
-                                .map(|j| {
-                                    let ci = c.get(grp * i_local + j).copied().unwrap_or(0.0);
-                                    let at = (o * i_local + j) * k;
-                                    let wsum: f64 = w
-                                        .get(at..at + k)
-                                        .unwrap_or(&[])
-                                        .iter()
-                                        .map(|&v| f64::from(v))
-                                        .sum();
-                                    wsum * lb.factor(o, j) * ci
-                                })
-                                .sum()
-                        })
-                        .collect()
-                };
+                let k = lb.kernel().max(1);
+                let adds: Vec<f64> = (0..o_n)
+                    .map(|o| {
+                        let grp = o / per_group_out.max(1);
+                        (0..i_local)
+                            .map(|j| {
+                                let ci = c.get(grp * i_local + j).copied().unwrap_or(0.0);
+                                let at = (o * i_local + j) * k * 4;
+                                let wsum: f64 = f32s(lb.raw.get(at..at + 4 * k).unwrap_or(&[]))
+                                    .map(f64::from)
+                                    .sum();
+                                wsum * lb.factor(o, j) * ci
+                            })
+                            .sum()
+                    })
+                    .collect();
                 for (b, add) in lb.b.iter_mut().zip(adds) {
                     *b = (f64::from(*b) + add) as f32;
                 }
