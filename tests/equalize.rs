@@ -9,6 +9,23 @@ use prost::Message;
 
 use crate::common::{proto, MODELS};
 
+/// `max |a − b| / max |a|` of the first outputs of two encoded models on `x` in tract.
+fn relative_change(before: &[u8], after: &[u8], x: &ndarray::ArrayD<f32>) -> f32 {
+    let run = |b: &[u8]| {
+        TractModel::load(Source::Bytes(b), &[x.shape().to_vec()])
+            .unwrap()
+            .run(std::slice::from_ref(x))
+            .unwrap()
+            .remove(0)
+    };
+    let (a, b) = (run(before), run(after));
+    let scale = a.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-12);
+    a.iter()
+        .zip(b.iter())
+        .fold(0f32, |m, (p, q)| m.max((p - q).abs()))
+        / scale
+}
+
 #[test]
 fn equalization_keeps_every_fixture_float_exact() {
     let mut applied = 0;
@@ -26,20 +43,7 @@ fn equalization_keeps_every_fixture_float_exact() {
         }
         applied += 1;
         let x = seeded_uniform(shape, 17, *lo, *hi);
-        let run = |b: &[u8]| {
-            TractModel::load(Source::Bytes(b), &[shape.to_vec()])
-                .unwrap()
-                .run(std::slice::from_ref(&x))
-                .unwrap()
-                .remove(0)
-        };
-        let (a, b) = (run(&before), run(&after));
-        let scale = a.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-12);
-        let err = a
-            .iter()
-            .zip(b.iter())
-            .fold(0f32, |m, (p, q)| m.max((p - q).abs()))
-            / scale;
+        let err = relative_change(&before, &after, &x);
         assert!(
             err < 1e-4,
             "{name}: {} pairs, relative error {err}",
@@ -97,21 +101,7 @@ fn relu6_stays_exact_and_ranges_even_out() {
     assert_eq!(r.relu6_rewritten, 1);
     m.graph.check().unwrap();
     let x = seeded_uniform(&[1, 3, 8, 8], 4, -3.0, 3.0);
-    let run = |b: &[u8]| {
-        TractModel::load(Source::Bytes(b), &[vec![1, 3, 8, 8]])
-            .unwrap()
-            .run(std::slice::from_ref(&x))
-            .unwrap()
-            .remove(0)
-    };
-    let a = run(&p.encode_to_vec());
-    let q = run(&m.to_proto().encode_to_vec());
-    let scale = a.iter().fold(0f32, |m, v| m.max(v.abs()));
-    let err = a
-        .iter()
-        .zip(q.iter())
-        .fold(0f32, |m, (u, v)| m.max((u - v).abs()))
-        / scale;
+    let err = relative_change(&p.encode_to_vec(), &m.to_proto().encode_to_vec(), &x);
     assert!(err < 1e-4, "relative error {err}");
     // The first layer's per-channel ranges moved toward each other.
     let producers = m.graph.producers();
@@ -165,21 +155,7 @@ fn high_bias_absorption_is_exact_when_preactivations_stay_above_c() {
         stats["ya"].mean
     );
     let x = seeded_uniform(&[1, 3, 4, 4], 8, -1.0, 1.0);
-    let run = |b: &[u8]| {
-        TractModel::load(Source::Bytes(b), &[vec![1, 3, 4, 4]])
-            .unwrap()
-            .run(std::slice::from_ref(&x))
-            .unwrap()
-            .remove(0)
-    };
-    let a = run(&p.encode_to_vec());
-    let b = run(&m.to_proto().encode_to_vec());
-    let scale = a.iter().fold(0f32, |m, v| m.max(v.abs()));
-    let err = a
-        .iter()
-        .zip(b.iter())
-        .fold(0f32, |m, (u, v)| m.max((u - v).abs()))
-        / scale;
+    let err = relative_change(&p.encode_to_vec(), &m.to_proto().encode_to_vec(), &x);
     assert!(err < 1e-4, "relative error {err}");
 }
 
