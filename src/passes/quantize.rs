@@ -915,6 +915,14 @@ pub fn quantize(
                     d.lo.abs().max(d.hi.abs())
                 }
                 (_, Some(o)) if cfg.act_ranges == ActRanges::Calibrate => o.max_abs(),
+                // The rule the activation ranges use (per-channel where the output is a
+                // feature map, SQuant's otherwise).
+                (_, Some(o))
+                    if matches!(cfg.act_ranges, ActRanges::Auto | ActRanges::NoiseChannels) =>
+                {
+                    o.channel_gaussian_bound(cfg.noise_sigmas)
+                        .unwrap_or_else(|| o.sigma_rule(cfg.act_bits).0)
+                }
                 (_, Some(o)) => o.sigma_rule(cfg.act_bits).0,
                 _ => return None,
             };
