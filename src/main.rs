@@ -255,6 +255,11 @@ struct QuantizeArgs {
     /// layer's bias into the next layer's bias (needs --equalize on and BN statistics).
     #[arg(long, default_value = "off", value_parser = ["on", "off"])]
     absorb_bias: String,
+    /// How equalization picks each channel's scale: noise (minimise the modelled int8 noise of
+    /// both layers' weights and of the activation between them, from BN statistics; pairs
+    /// without statistics use weights) or weights (DFQ: equal weight ranges).
+    #[arg(long, default_value = "noise", value_parser = ["noise", "weights"])]
+    equalize_by: String,
     /// ReLU6 between equalized layers: per-channel (exact: Relu + Min(6/s)), relu (replace,
     /// changes the float model), stop (do not equalize across it).
     #[arg(long, default_value = "per-channel", value_parser = ["per-channel", "relu", "stop"])]
@@ -611,6 +616,11 @@ fn quantize(args: QuantizeArgs) -> isquant::Result<ExitCode> {
             _ => q::Equalize::Auto,
         },
         absorb_bias: args.absorb_bias == "on",
+        equalize_objective: if args.equalize_by == "weights" {
+            isquant::passes::equalize::Objective::Weights
+        } else {
+            isquant::passes::equalize::Objective::Noise
+        },
         relu6: match args.relu6.as_str() {
             "relu" => isquant::passes::equalize::Relu6::Relu,
             "stop" => isquant::passes::equalize::Relu6::Stop,

@@ -2,12 +2,21 @@
 //! and evens out per-channel weight ranges.
 
 use isquant::graph::Model;
-use isquant::passes::equalize::{equalize, Relu6};
+use isquant::passes::equalize::{equalize, Options, Relu6};
 use isquant::passes::fold_bn::fold_batch_norms;
 use isquant::validate::{seeded_uniform, Source, TractModel};
 use prost::Message;
 
 use crate::common::{proto, MODELS};
+
+/// Default options (noise objective) with the given ReLU6 handling and bias absorption.
+fn opts(relu6: Relu6, absorb_bias: bool) -> Options {
+    Options {
+        relu6,
+        absorb_bias,
+        ..Options::default()
+    }
+}
 
 /// `max |a − b| / max |a|` of the first outputs of two encoded models on `x` in tract.
 fn relative_change(before: &[u8], after: &[u8], x: &ndarray::ArrayD<f32>) -> f32 {
@@ -34,7 +43,7 @@ fn equalization_keeps_every_fixture_float_exact() {
         let mut fold = fold_batch_norms(&mut m).unwrap();
         m.graph.sort_topologically().unwrap();
         let before = m.to_proto().encode_to_vec();
-        let report = equalize(&mut m, &mut fold.stats, Relu6::PerChannel, false).unwrap();
+        let report = equalize(&mut m, &mut fold.stats, &opts(Relu6::PerChannel, false)).unwrap();
         m.graph.check().unwrap();
         m.graph.sort_topologically().unwrap();
         let after = m.to_proto().encode_to_vec();
@@ -96,7 +105,7 @@ fn relu6_stays_exact_and_ranges_even_out() {
     let p = relu6_chain();
     let mut m = Model::from_proto(p.clone()).unwrap();
     let mut stats = Default::default();
-    let r = equalize(&mut m, &mut stats, Relu6::PerChannel, false).unwrap();
+    let r = equalize(&mut m, &mut stats, &opts(Relu6::PerChannel, false)).unwrap();
     assert_eq!(r.pairs.len(), 2, "{r:?}");
     assert_eq!(r.relu6_rewritten, 1);
     m.graph.check().unwrap();
@@ -146,7 +155,7 @@ fn high_bias_absorption_is_exact_when_preactivations_stay_above_c() {
             source: "test".into(),
         },
     );
-    let r = equalize(&mut m, &mut stats, Relu6::PerChannel, true).unwrap();
+    let r = equalize(&mut m, &mut stats, &opts(Relu6::PerChannel, true)).unwrap();
     assert_eq!(r.pairs.len(), 1);
     // A's bias lost c = μ/s − 3σ/s: the recorded mean dropped accordingly.
     assert!(

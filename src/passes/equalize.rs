@@ -30,6 +30,7 @@ use crate::error::Result;
 use crate::graph::names::NameGen;
 use crate::graph::{Model, Node};
 use crate::onnx::{pb, tensor, DataType};
+use crate::stats::{clip_moments, Moments};
 use bytes::Bytes;
 use rayon::prelude::*;
 
@@ -85,6 +86,63 @@ struct Pair {
     act: Option<usize>,
     b: usize,
     clip_hi: Option<f32>,
+    /// Statistics for [`Objective::Noise`] in the original scaling, when BN statistics reach.
+    noise: Option<PairStats>,
+}
+
+/// What the noise objective knows about a pair before any scaling.
+struct PairStats {
+    /// Range of each channel of the activation between A and B (BN rule, after `f`).
+    range: Vec<f64>,
+    /// `E[v_i²]` of that activation.
+    energy: Vec<f64>,
+    /// `E[x_j²]` of each channel of A's input (1 for a graph input: standardised images).
+    in_energy: Vec<f64>,
+    /// The activation is non-negative (Relu / ReLU6): unsigned codes.
+    unsigned: bool,
+}
+
+/// How CLE chooses the channel scales.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Objective {
+    /// DFQ: `s_i = sqrt(r1_i / r2_i)`, equal weight ranges on both sides.
+    Weights,
+    /// Minimise the modelled quantization noise at B's output from A's weights, the
+    /// activation between and B's weights ([`noise_scales`]), with BN statistics; pairs they
+    /// do not reach use [`Objective::Weights`].
+    #[default]
+    Noise,
+}
+
+/// Options of [`equalize`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Options {
+    /// ReLU6 handling.
+    pub relu6: Relu6,
+    /// High-bias absorption after equalization.
+    pub absorb_bias: bool,
+    /// Scale rule.
+    pub objective: Objective,
+    /// `N` of the BN range rule (`μ ± N·σ`), as the activation ranges will use it.
+    pub n_sigmas: f64,
+    /// Weight and activation bits (the noise objective's grid sizes).
+    pub weight_bits: u32,
+    /// Activation bits.
+    pub act_bits: u32,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            relu6: Relu6::PerChannel,
+            absorb_bias: false,
+            objective: Objective::Noise,
+            n_sigmas: 6.0,
+            weight_bits: 8,
+            act_bits: 8,
+        }
+    }
 }
 
 struct Layer {
@@ -96,6 +154,8 @@ struct Layer {
     group: usize,
     /// `max_k |W[o, j, k]|` of the original weight, `[O, I_local]` row-major.
     absmax: Vec<f32>,
+    /// `Σ_k W[o, j, k]²` of the original weight, `[O, I_local]` (noise objective only).
+    sumsq: Vec<f32>,
     /// Accumulated divisor of each output channel (from equalizing as A).
     out_s: Vec<f64>,
     /// Accumulated factor of each input channel, `group · I_local` of them (as B).
@@ -111,19 +171,17 @@ impl Layer {
         let o_n = shape.first().copied().unwrap_or(0);
         let i_local = shape.get(1).copied().unwrap_or(0);
         let k: usize = shape.iter().skip(2).product();
-        let absmax = if k <= 1 {
-            f32s(&raw).map(f32::abs).collect()
-        } else {
-            raw.chunks_exact(4 * k)
-                .map(|c| f32s(c).fold(0f32, |m, x| m.max(x.abs())))
-                .collect()
-        };
+        let (absmax, sumsq) = raw
+            .chunks_exact(4 * k.max(1))
+            .map(|c| f32s(c).fold((0f32, 0f32), |(m, q), x| (m.max(x.abs()), q + x * x)))
+            .unzip();
         Layer {
             raw,
             shape,
             b,
             group,
             absmax,
+            sumsq,
             out_s: vec![1.0; o_n],
             in_s: vec![1.0; i_local * group],
             row_max: None,
@@ -203,9 +261,9 @@ fn f32s(bytes: &[u8]) -> impl Iterator<Item = f32> + '_ {
 pub fn equalize(
     model: &mut Model,
     stats: &mut BTreeMap<String, ChannelStats>,
-    relu6: Relu6,
-    absorb_bias: bool,
+    opts: &Options,
 ) -> Result<EqualizeReport> {
+    let (relu6, absorb_bias) = (opts.relu6, opts.absorb_bias);
     let mut report = EqualizeReport::default();
     let g = &model.graph;
     let producers = g.producers();
@@ -287,11 +345,16 @@ pub fn equalize(
         if !conv_with_constants(bn)? || bn.input(0) != fed {
             continue;
         }
+        let noise = match opts.objective {
+            Objective::Weights => None,
+            Objective::Noise => pair_stats(model, &producers, stats, a, act, clip_hi, opts)?,
+        };
         pairs.push(Pair {
             a,
             act,
             b: feed,
             clip_hi,
+            noise,
         });
     }
     if pairs.is_empty() {
@@ -359,7 +422,13 @@ pub fn equalize(
             if let Some(lb) = layers.get_mut(&p.b) {
                 lb.refresh_col_max();
             }
-            let s = pair_scales(&layers[&p.a], &layers[&p.b]);
+            let s = match &p.noise {
+                Some(ps) => {
+                    let t = total.get(&p.a).map(Vec::as_slice).unwrap_or(&[]);
+                    noise_pair_scales(&layers[&p.a], &layers[&p.b], ps, t, opts)
+                }
+                None => pair_scales(&layers[&p.a], &layers[&p.b]),
+            };
             worst = s.iter().fold(worst, |m, v| m.max(v.ln().abs()));
             if let Some(la) = layers.get_mut(&p.a) {
                 la.out_s.iter_mut().zip(&s).for_each(|(a, f)| *a *= f);
@@ -653,4 +722,351 @@ fn max_scaled(row: &[f32], s: &[f32]) -> f32 {
     }
     let tail = rr.iter().zip(sr).fold(0f32, |m, (&r, &s)| m.max(r * s));
     lanes.iter().fold(tail, |m, &v| m.max(v))
+}
+
+/// Per-channel `(E[x], E[x²])` of value `v` from BN statistics: a recorded BN output, or
+/// Relu / Clip(lo, hi) / Add of such values (Add: independent summands). `None` when the
+/// statistics do not reach `v`.
+fn tensor_moments(
+    model: &Model,
+    producers: &HashMap<&str, usize>,
+    stats: &BTreeMap<String, ChannelStats>,
+    v: &str,
+    depth: usize,
+) -> Result<Option<(Vec<f64>, Vec<f64>)>> {
+    if let Some(st) = stats.get(v) {
+        let e = st.mean.iter().zip(&st.std).map(|(m, s)| m * m + s * s);
+        return Ok(Some((st.mean.clone(), e.collect())));
+    }
+    let g = &model.graph;
+    let Some(&p) = producers.get(v) else {
+        return Ok(None);
+    };
+    let n = &g.nodes[p];
+    if depth > 8 {
+        return Ok(None);
+    }
+    let first = |k: usize| -> Result<Option<(Vec<f64>, Vec<f64>)>> {
+        match n.input(k) {
+            Some(x) => tensor_moments(model, producers, stats, x, depth + 1),
+            None => Ok(None),
+        }
+    };
+    let clipped = |(mean, e2): (Vec<f64>, Vec<f64>), lo: f64, hi: f64| {
+        mean.iter()
+            .zip(&e2)
+            .map(|(&m, &q)| {
+                let c = clip_moments(Moments::new(m, (q - m * m).max(0.0)), lo, hi);
+                (c.mean, c.second_moment())
+            })
+            .unzip()
+    };
+    Ok(match n.op_type.as_str() {
+        "Relu" => first(0)?.map(|x| clipped(x, 0.0, f64::INFINITY)),
+        "Clip" => {
+            let bound = |k: usize, attr: &str| -> Result<Option<f32>> {
+                Ok(match n.input(k).filter(|s| !s.is_empty()) {
+                    Some(b) => g
+                        .constant_f32(b, producers)?
+                        .and_then(|a| a.iter().next().copied()),
+                    None => n.attr_float(attr)?,
+                })
+            };
+            let lo = bound(1, "min")?.map_or(f64::NEG_INFINITY, f64::from);
+            let hi = bound(2, "max")?.map_or(f64::INFINITY, f64::from);
+            first(0)?.map(|x| clipped(x, lo, hi))
+        }
+        "Add" => match (first(0)?, first(1)?) {
+            (Some((ma, ea)), Some((mb, eb))) if ma.len() == mb.len() => Some(
+                ma.iter()
+                    .zip(&mb)
+                    .zip(ea.iter().zip(&eb))
+                    .map(|((a, b), (x, y))| (a + b, x + y + 2.0 * a * b))
+                    .unzip(),
+            ),
+            _ => None,
+        },
+        _ => None,
+    })
+}
+
+/// The noise objective's statistics of pair `A → f → B` (original scaling), or `None` when
+/// BN statistics do not describe A's output.
+fn pair_stats(
+    model: &Model,
+    producers: &HashMap<&str, usize>,
+    stats: &BTreeMap<String, ChannelStats>,
+    a: usize,
+    act: Option<usize>,
+    clip_hi: Option<f32>,
+    opts: &Options,
+) -> Result<Option<PairStats>> {
+    let g = &model.graph;
+    let Some(y) = g.nodes[a].outputs.first() else {
+        return Ok(None);
+    };
+    let Some(st) = stats.get(y) else {
+        return Ok(None);
+    };
+    let n = opts.n_sigmas;
+    let relu_like = act.is_some_and(|i| !g.nodes[i].is("LeakyRelu"));
+    let hi = clip_hi.map_or(f64::INFINITY, f64::from);
+    let (range, energy) = st
+        .mean
+        .iter()
+        .zip(&st.std)
+        .map(|(&m, &s)| {
+            if relu_like {
+                let c = clip_moments(Moments::new(m, s * s), 0.0, hi);
+                ((m + n * s).clamp(0.0, hi), c.second_moment())
+            } else {
+                ((m - n * s).abs().max((m + n * s).abs()), m * m + s * s)
+            }
+        })
+        .unzip();
+    let x = g.nodes[a].input(0).unwrap_or("");
+    let in_energy = if g.inputs.iter().any(|i| i.name.as_deref() == Some(x)) {
+        // A graph input: assume standardised (E[x²] = 1), as image models take.
+        Vec::new()
+    } else {
+        match tensor_moments(model, producers, stats, x, 0)? {
+            Some((_, e)) => e,
+            None => return Ok(None),
+        }
+    };
+    Ok(Some(PairStats {
+        range,
+        energy,
+        in_energy,
+        unsigned: relu_like,
+    }))
+}
+
+/// The scales [`noise_scales`] picks for a pair, with every quantity in the current scaling:
+/// A's rows and B's columns as rescaled so far, the activation's statistics divided by the
+/// accumulated scale `total` of A's output channels.
+fn noise_pair_scales(
+    a: &Layer,
+    b: &Layer,
+    ps: &PairStats,
+    total: &[f64],
+    opts: &Options,
+) -> Vec<f64> {
+    let (Some(rows), Some(cols)) = (&a.row_max, &b.col_max) else {
+        return vec![1.0; a.out_s.len()];
+    };
+    let c_n = a.out_s.len();
+    if ps.range.len() != c_n || total.len() != c_n || b.in_s.len() != c_n {
+        return pair_scales(a, b);
+    }
+    let r1: Vec<f64> = rows.iter().zip(&a.out_s).map(|(r, o)| r / o).collect();
+    let r2: Vec<f64> = cols.iter().zip(&b.in_s).map(|(c, i)| c * i).collect();
+    let range: Vec<f64> = ps.range.iter().zip(total).map(|(r, t)| r / t).collect();
+    let energy: Vec<f64> = ps
+        .energy
+        .iter()
+        .zip(total)
+        .map(|(e, t)| e / (t * t))
+        .collect();
+    // A's input energy per output channel: K_A · Σ_{j in its group} E[x_j²] / in_s_A[j]².
+    let (_, il_a, pgo_a) = a.dims();
+    let k_a = a.kernel().max(1) as f64;
+    let in_e: Vec<f64> = a
+        .in_s
+        .iter()
+        .enumerate()
+        .map(|(j, s)| ps.in_energy.get(j).copied().unwrap_or(1.0) / (s * s))
+        .collect();
+    let ea: Vec<f64> = (0..c_n)
+        .map(|i| {
+            let grp = i / pgo_a.max(1);
+            k_a * in_e
+                .get(grp * il_a..(grp + 1) * il_a)
+                .unwrap_or(&[])
+                .iter()
+                .sum::<f64>()
+        })
+        .collect();
+    // B's column energy Σ_{o,k} W_B[o,i,k]² and fan-out (outputs reading i) · K_B.
+    let (o_b, il_b, pgo_b) = b.dims();
+    let k_b = b.kernel().max(1);
+    let mut gain = vec![0f64; c_n];
+    for o in 0..o_b {
+        let grp = o / pgo_b.max(1);
+        let inv = 1.0 / (b.out_s[o] * b.out_s[o]);
+        for j in 0..il_b {
+            let c = grp * il_b + j;
+            if let (Some(gc), Some(q)) = (gain.get_mut(c), b.sumsq.get(o * il_b + j)) {
+                *gc += f64::from(*q) * inv * b.in_s[c] * b.in_s[c];
+            }
+        }
+    }
+    let fan_out = vec![(pgo_b * k_b) as f64; c_n];
+    let qw = f64::from((1u32 << (opts.weight_bits.clamp(2, 16) - 1)) - 1);
+    let qa = if ps.unsigned {
+        f64::from((1u32 << opts.act_bits.clamp(2, 16)) - 1)
+    } else {
+        f64::from((1u32 << (opts.act_bits.clamp(2, 16) - 1)) - 1)
+    };
+    noise_scales(&NoiseTerms {
+        r1: &r1,
+        r2: &r2,
+        act_range: &range,
+        in_energy: &ea,
+        act_energy: &energy,
+        gain: &gain,
+        fan_out: &fan_out,
+        qw,
+        qa,
+    })
+}
+
+/// The per-channel quantities of the noise model of one pair `A → f → B` (module docs),
+/// channel `i` being a channel of the activation `v = f(A(x))` between the two layers.
+#[derive(Debug, Clone, Copy)]
+pub struct NoiseTerms<'a> {
+    /// `max |W_A[i, …]|`.
+    pub r1: &'a [f64],
+    /// `max |W_B[:, i, …]|`.
+    pub r2: &'a [f64],
+    /// Range of `v_i` (what the activation scale must cover).
+    pub act_range: &'a [f64],
+    /// `Σ_{j,k} E[x_j²]` over A's inputs to channel `i`.
+    pub in_energy: &'a [f64],
+    /// `E[v_i²]`.
+    pub act_energy: &'a [f64],
+    /// `Σ_{o,k} W_B[o, i, k]²`.
+    pub gain: &'a [f64],
+    /// Outputs of B that read `v_i`, times B's kernel size.
+    pub fan_out: &'a [f64],
+    /// Largest weight code (127 at 8 bits).
+    pub qw: f64,
+    /// Largest activation code (255 unsigned, 127 signed at 8 bits).
+    pub qa: f64,
+}
+
+impl NoiseTerms<'_> {
+    /// Modelled noise power at B's output after scaling channel `i` by `s_i` (`W_A[i] /= s_i`,
+    /// `W_B[:, i] *= s_i`), each quantizer adding uniform noise of variance `Δ²/12`:
+    /// `Σ_i s_i²·gain_i·(Δ_A²·in_energy_i + Δ_v²) + Δ_B²·Σ_i fan_out_i·act_energy_i/s_i²`
+    /// (times 1/12) with `Δ_A = max_i(r1_i/s_i)/qw`, `Δ_v = max_i(act_range_i/s_i)/qa`,
+    /// `Δ_B = max_i(r2_i·s_i)/qw`.
+    #[must_use]
+    pub fn noise(&self, s: &[f64]) -> f64 {
+        let m1 = self.r1.iter().zip(s).fold(0f64, |m, (r, s)| m.max(r / s)) / self.qw;
+        let ma = self
+            .act_range
+            .iter()
+            .zip(s)
+            .fold(0f64, |m, (r, s)| m.max(r / s))
+            / self.qa;
+        let m2 = self.r2.iter().zip(s).fold(0f64, |m, (r, s)| m.max(r * s)) / self.qw;
+        let mut total = 0.0;
+        for i in 0..s.len() {
+            let si = s[i];
+            total += si * si * self.gain[i] * (m1 * m1 * self.in_energy[i] + ma * ma)
+                + m2 * m2 * self.fan_out[i] * self.act_energy[i] / (si * si);
+        }
+        total / 12.0
+    }
+}
+
+/// Channel scales minimising [`NoiseTerms::noise`], normalised to geometric mean 1.
+///
+/// The noise is invariant to a common factor on all `s_i`, so `Δ_B`'s range `R2` is held at
+/// its DFQ value and the two other ranges `R1 = max r1/s`, `Rv = max range/s` are searched
+/// on a log grid (`e^{±3}` around DFQ, 41 steps each). For fixed ranges the noise separates
+/// per channel and its minimum is `s_i⁴ = Δ_B²·fan_out_i·act_energy_i / (gain_i·(Δ_A²·in_i
+/// + Δ_v²))`, clamped to the box the ranges allow (`r1_i/R1 ≤ s_i`, `range_i/Rv ≤ s_i`,
+/// `s_i ≤ R2/r2_i`). The best of these, DFQ's scales and no scaling is returned, so the
+/// result never models more noise than DFQ.
+#[must_use]
+pub fn noise_scales(t: &NoiseTerms) -> Vec<f64> {
+    let n = t.r1.len();
+    let ok = [
+        t.r2,
+        t.act_range,
+        t.in_energy,
+        t.act_energy,
+        t.gain,
+        t.fan_out,
+    ]
+    .iter()
+    .all(|v| v.len() == n);
+    if n == 0 || !ok {
+        return vec![1.0; n];
+    }
+    let dfq: Vec<f64> =
+        t.r1.iter()
+            .zip(t.r2)
+            .map(|(&x, &y)| {
+                if x > 0.0 && y > 0.0 {
+                    (x / y).sqrt().clamp(1e-8, 1e8)
+                } else {
+                    1.0
+                }
+            })
+            .collect();
+    let ones = vec![1.0; n];
+    let (mut best, mut best_v) = (ones.clone(), t.noise(&ones));
+    let v = t.noise(&dfq);
+    if v < best_v || !best_v.is_finite() {
+        (best, best_v) = (dfq.clone(), v);
+    }
+    let max_of = |f: &dyn Fn(usize) -> f64| (0..n).map(f).fold(0f64, f64::max);
+    let r1d = max_of(&|i| t.r1[i] / dfq[i]);
+    let rad = max_of(&|i| t.act_range[i] / dfq[i]);
+    let r2 = max_of(&|i| t.r2[i] * dfq[i]);
+    if r1d > 0.0 && r2 > 0.0 && rad > 0.0 {
+        const STEPS: usize = 41;
+        let grid: Vec<f64> = (0..STEPS)
+            .map(|k| (-3.0 + 6.0 * k as f64 / (STEPS - 1) as f64).exp())
+            .collect();
+        let hi: Vec<f64> =
+            t.r2.iter()
+                .map(|&r| if r > 0.0 { r2 / r } else { f64::INFINITY })
+                .collect();
+        let d: Vec<f64> = (0..n)
+            .map(|i| (r2 / t.qw).powi(2) * t.fan_out[i] * t.act_energy[i])
+            .collect();
+        let found = grid
+            .par_iter()
+            .filter_map(|&f1| {
+                let big_r1 = r1d * f1;
+                let mut local: Option<(f64, Vec<f64>)> = None;
+                let mut s = vec![1.0; n];
+                'grid: for &fa in &grid {
+                    let big_ra = rad * fa;
+                    for i in 0..n {
+                        let lo = (t.r1[i] / big_r1).max(t.act_range[i] / big_ra);
+                        if lo > hi[i] * (1.0 + 1e-9) {
+                            continue 'grid;
+                        }
+                        let c = t.gain[i]
+                            * ((big_r1 / t.qw).powi(2) * t.in_energy[i] + (big_ra / t.qa).powi(2));
+                        let opt = if c > 0.0 && d[i] > 0.0 {
+                            (d[i] / c).sqrt().sqrt()
+                        } else {
+                            dfq[i]
+                        };
+                        let v = opt.min(hi[i]).max(lo);
+                        s[i] = if v > 0.0 && v.is_finite() { v } else { 1.0 };
+                    }
+                    let v = t.noise(&s);
+                    if v.is_finite() && local.as_ref().is_none_or(|(b, _)| v < *b) {
+                        local = Some((v, s.clone()));
+                    }
+                }
+                local
+            })
+            .reduce_with(|x, y| if y.0 < x.0 { y } else { x });
+        if let Some((v, s)) = found {
+            if v < best_v {
+                best = s;
+            }
+        }
+    }
+    let mean_ln = best.iter().map(|s| s.ln()).sum::<f64>() / n as f64;
+    let c = (-mean_ln).exp();
+    best.iter().map(|s| (s * c).clamp(1e-8, 1e8)).collect()
 }

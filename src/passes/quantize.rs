@@ -159,6 +159,8 @@ pub struct QuantizeConfig {
     pub relu6: super::equalize::Relu6,
     /// High-bias absorption after equalization.
     pub absorb_bias: bool,
+    /// How equalization picks its scales.
+    pub equalize_objective: super::equalize::Objective,
 }
 
 impl Default for QuantizeConfig {
@@ -187,6 +189,7 @@ impl Default for QuantizeConfig {
             equalize: Equalize::Auto,
             relu6: super::equalize::Relu6::PerChannel,
             absorb_bias: false,
+            equalize_objective: super::equalize::Objective::Noise,
         }
     }
 }
@@ -520,8 +523,18 @@ pub fn quantize(
         progress("equalize");
         let t = Instant::now();
         let before = (cfg.relu6 == super::equalize::Relu6::Relu).then(|| model.clone());
-        let mut report =
-            super::equalize::equalize(model, &mut fold.stats, cfg.relu6, cfg.absorb_bias)?;
+        let mut report = super::equalize::equalize(
+            model,
+            &mut fold.stats,
+            &super::equalize::Options {
+                relu6: cfg.relu6,
+                absorb_bias: cfg.absorb_bias,
+                objective: cfg.equalize_objective,
+                n_sigmas: cfg.bn_sigmas,
+                weight_bits: cfg.weight_bits,
+                act_bits: cfg.act_bits,
+            },
+        )?;
         model.graph.sort_topologically()?;
         if let Some(before) = before.filter(|_| report.relu6_rewritten > 0) {
             progress("measure the float change of ReLU6 → Relu");
