@@ -13,6 +13,7 @@ mod resnet;
 use std::time::{Duration, Instant};
 
 use isquant::graph::Model;
+use isquant::passes::equalize::Objective;
 use isquant::passes::quantize::{quantize, Equalize, QuantizeConfig};
 use isquant::squant::{round_nearest, round_squant, Rounding};
 use ndarray::Array3;
@@ -38,13 +39,21 @@ fn main() {
         correct_bias: false,
         ..QuantizeConfig::default()
     };
-    let configs: [(&str, QuantizeConfig); 4] = [
+    let configs: [(&str, QuantizeConfig); 5] = [
         ("none (--correct-bias off)", none.clone()),
         ("default (BC)", QuantizeConfig::default()),
         (
             "CLE+BC",
             QuantizeConfig {
                 equalize: Equalize::On,
+                ..QuantizeConfig::default()
+            },
+        ),
+        (
+            "CLE (weights)+BC",
+            QuantizeConfig {
+                equalize: Equalize::On,
+                equalize_objective: Objective::Weights,
                 ..QuantizeConfig::default()
             },
         ),

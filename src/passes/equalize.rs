@@ -164,6 +164,9 @@ struct Layer {
     row_max: Option<Vec<f64>>,
     /// `max_o absmax[o, c]/out_s[o]` per input channel, valid while `out_s` is unchanged.
     col_max: Option<Vec<f64>>,
+    /// `Σ_o sumsq[o, c]/out_s[o]²` per input channel, valid while `out_s` is unchanged (noise
+    /// objective only).
+    col_sq: Option<Vec<f64>>,
 }
 
 impl Layer {
@@ -186,6 +189,7 @@ impl Layer {
             in_s: vec![1.0; i_local * group],
             row_max: None,
             col_max: None,
+            col_sq: None,
         }
     }
 
@@ -410,6 +414,8 @@ pub fn equalize(
         .collect();
     // The passes work on per-channel ranges (`max_k |W|` and the accumulated scales); the
     // weights are rescaled once at the end.
+    // The noise objective's grid centre per pair: later passes search only around it.
+    let mut centres: HashMap<usize, Option<(f64, f64)>> = HashMap::new();
     for pass in 1..=MAX_PASSES {
         report.passes = pass;
         let mut worst = 0f64;
@@ -421,11 +427,15 @@ pub fn equalize(
             }
             if let Some(lb) = layers.get_mut(&p.b) {
                 lb.refresh_col_max();
+                if p.noise.is_some() {
+                    lb.refresh_col_sq();
+                }
             }
             let s = match &p.noise {
                 Some(ps) => {
                     let t = total.get(&p.a).map(Vec::as_slice).unwrap_or(&[]);
-                    noise_pair_scales(&layers[&p.a], &layers[&p.b], ps, t, opts)
+                    let start = centres.entry(p.a).or_insert(None);
+                    noise_pair_scales(&layers[&p.a], &layers[&p.b], ps, t, opts, start)
                 }
                 None => pair_scales(&layers[&p.a], &layers[&p.b]),
             };
@@ -433,6 +443,7 @@ pub fn equalize(
             if let Some(la) = layers.get_mut(&p.a) {
                 la.out_s.iter_mut().zip(&s).for_each(|(a, f)| *a *= f);
                 la.col_max = None;
+                la.col_sq = None;
             }
             if let Some(lb) = layers.get_mut(&p.b) {
                 lb.in_s.iter_mut().zip(&s).for_each(|(a, f)| *a *= f);
@@ -686,6 +697,27 @@ impl Layer {
         }
         self.col_max = Some(m.into_iter().map(f64::from).collect());
     }
+
+    /// Computes `col_sq` if `out_s` changed since.
+    fn refresh_col_sq(&mut self) {
+        if self.col_sq.is_some() {
+            return;
+        }
+        // f32 accumulation (vectorizes, as `refresh_col_max`): the noise model needs no more.
+        let (o_n, il, pgo) = self.dims();
+        let mut m = vec![0f32; self.in_s.len()];
+        for o in 0..o_n {
+            let grp = o / pgo.max(1);
+            let inv = (1.0 / (self.out_s[o] * self.out_s[o])) as f32;
+            let row = self.sumsq.get(o * il..(o + 1) * il).unwrap_or(&[]);
+            if let Some(dst) = m.get_mut(grp * il..(grp + 1) * il) {
+                for (d, &q) in dst.iter_mut().zip(row) {
+                    *d += q * inv;
+                }
+            }
+        }
+        self.col_sq = Some(m.into_iter().map(f64::from).collect());
+    }
 }
 
 /// `s_i = sqrt(r1_i / r2_i)` per output channel of A (1 when a range is 0) with the ranges of
@@ -844,13 +876,15 @@ fn pair_stats(
 
 /// The scales [`noise_scales`] picks for a pair, with every quantity in the current scaling:
 /// A's rows and B's columns as rescaled so far, the activation's statistics divided by the
-/// accumulated scale `total` of A's output channels.
+/// accumulated scale `total` of A's output channels. `start` carries the grid centre from
+/// one pass to the next.
 fn noise_pair_scales(
     a: &Layer,
     b: &Layer,
     ps: &PairStats,
     total: &[f64],
     opts: &Options,
+    start: &mut Option<(f64, f64)>,
 ) -> Vec<f64> {
     let (Some(rows), Some(cols)) = (&a.row_max, &b.col_max) else {
         return vec![1.0; a.out_s.len()];
@@ -877,30 +911,20 @@ fn noise_pair_scales(
         .enumerate()
         .map(|(j, s)| ps.in_energy.get(j).copied().unwrap_or(1.0) / (s * s))
         .collect();
+    let group_sums: Vec<f64> = in_e
+        .chunks(il_a.max(1))
+        .map(|c| k_a * c.iter().sum::<f64>())
+        .collect();
     let ea: Vec<f64> = (0..c_n)
-        .map(|i| {
-            let grp = i / pgo_a.max(1);
-            k_a * in_e
-                .get(grp * il_a..(grp + 1) * il_a)
-                .unwrap_or(&[])
-                .iter()
-                .sum::<f64>()
-        })
+        .map(|i| group_sums.get(i / pgo_a.max(1)).copied().unwrap_or(0.0))
         .collect();
     // B's column energy Σ_{o,k} W_B[o,i,k]² and fan-out (outputs reading i) · K_B.
-    let (o_b, il_b, pgo_b) = b.dims();
+    let (_, _, pgo_b) = b.dims();
     let k_b = b.kernel().max(1);
-    let mut gain = vec![0f64; c_n];
-    for o in 0..o_b {
-        let grp = o / pgo_b.max(1);
-        let inv = 1.0 / (b.out_s[o] * b.out_s[o]);
-        for j in 0..il_b {
-            let c = grp * il_b + j;
-            if let (Some(gc), Some(q)) = (gain.get_mut(c), b.sumsq.get(o * il_b + j)) {
-                *gc += f64::from(*q) * inv * b.in_s[c] * b.in_s[c];
-            }
-        }
-    }
+    let Some(col_sq) = &b.col_sq else {
+        return pair_scales(a, b);
+    };
+    let gain: Vec<f64> = col_sq.iter().zip(&b.in_s).map(|(q, i)| q * i * i).collect();
     let fan_out = vec![(pgo_b * k_b) as f64; c_n];
     let qw = f64::from((1u32 << (opts.weight_bits.clamp(2, 16) - 1)) - 1);
     let qa = if ps.unsigned {
@@ -908,17 +932,24 @@ fn noise_pair_scales(
     } else {
         f64::from((1u32 << (opts.act_bits.clamp(2, 16) - 1)) - 1)
     };
-    noise_scales(&NoiseTerms {
-        r1: &r1,
-        r2: &r2,
-        act_range: &range,
-        in_energy: &ea,
-        act_energy: &energy,
-        gain: &gain,
-        fan_out: &fan_out,
-        qw,
-        qa,
-    })
+    let (s, centre) = noise_scales_from(
+        &NoiseTerms {
+            r1: &r1,
+            r2: &r2,
+            act_range: &range,
+            in_energy: &ea,
+            act_energy: &energy,
+            gain: &gain,
+            fan_out: &fan_out,
+            qw,
+            qa,
+        },
+        *start,
+    );
+    if centre.is_some() {
+        *start = centre;
+    }
+    s
 }
 
 /// The per-channel quantities of the noise model of one pair `A → f → B` (module docs),
@@ -953,21 +984,21 @@ impl NoiseTerms<'_> {
     /// `Δ_B = max_i(r2_i·s_i)/qw`.
     #[must_use]
     pub fn noise(&self, s: &[f64]) -> f64 {
-        let m1 = self.r1.iter().zip(s).fold(0f64, |m, (r, s)| m.max(r / s)) / self.qw;
-        let ma = self
-            .act_range
-            .iter()
-            .zip(s)
-            .fold(0f64, |m, (r, s)| m.max(r / s))
-            / self.qa;
-        let m2 = self.r2.iter().zip(s).fold(0f64, |m, (r, s)| m.max(r * s)) / self.qw;
-        let mut total = 0.0;
-        for i in 0..s.len() {
-            let si = s[i];
-            total += si * si * self.gain[i] * (m1 * m1 * self.in_energy[i] + ma * ma)
-                + m2 * m2 * self.fan_out[i] * self.act_energy[i] / (si * si);
+        // One pass: the three ranges and the three sums they multiply.
+        let (mut m1, mut ma, mut m2) = (0f64, 0f64, 0f64);
+        let (mut sw, mut sa, mut sb) = (0f64, 0f64, 0f64);
+        for (i, &si) in s.iter().enumerate() {
+            let inv = 1.0 / si;
+            m1 = m1.max(self.r1[i] * inv);
+            ma = ma.max(self.act_range[i] * inv);
+            m2 = m2.max(self.r2[i] * si);
+            let gs = si * si * self.gain[i];
+            sw += gs * self.in_energy[i];
+            sa += gs;
+            sb += self.fan_out[i] * self.act_energy[i] * inv * inv;
         }
-        total / 12.0
+        let (m1, ma, m2) = (m1 / self.qw, ma / self.qa, m2 / self.qw);
+        (m1 * m1 * sw + ma * ma * sa + m2 * m2 * sb) / 12.0
     }
 }
 
@@ -975,13 +1006,19 @@ impl NoiseTerms<'_> {
 ///
 /// The noise is invariant to a common factor on all `s_i`, so `Δ_B`'s range `R2` is held at
 /// its DFQ value and the two other ranges `R1 = max r1/s`, `Rv = max range/s` are searched
-/// on a log grid (`e^{±3}` around DFQ, 41 steps each). For fixed ranges the noise separates
+/// on log grids refined around the best point (`e^{±3}` around DFQ in steps of 1.5, down to steps of 0.17). For fixed ranges the noise separates
 /// per channel and its minimum is `s_i⁴ = Δ_B²·fan_out_i·act_energy_i / (gain_i·(Δ_A²·in_i
 /// + Δ_v²))`, clamped to the box the ranges allow (`r1_i/R1 ≤ s_i`, `range_i/Rv ≤ s_i`,
 /// `s_i ≤ R2/r2_i`). The best of these, DFQ's scales and no scaling is returned, so the
 /// result never models more noise than DFQ.
 #[must_use]
 pub fn noise_scales(t: &NoiseTerms) -> Vec<f64> {
+    noise_scales_from(t, None).0
+}
+
+/// [`noise_scales`], searching only `±0.5` around `start` (the grid centre of an earlier
+/// pass, `(ln f1, ln fv)`) when given; also returns the centre found.
+fn noise_scales_from(t: &NoiseTerms, start: Option<(f64, f64)>) -> (Vec<f64>, Option<(f64, f64)>) {
     let n = t.r1.len();
     let ok = [
         t.r2,
@@ -994,7 +1031,7 @@ pub fn noise_scales(t: &NoiseTerms) -> Vec<f64> {
     .iter()
     .all(|v| v.len() == n);
     if n == 0 || !ok {
-        return vec![1.0; n];
+        return (vec![1.0; n], None);
     }
     let dfq: Vec<f64> =
         t.r1.iter()
@@ -1013,15 +1050,12 @@ pub fn noise_scales(t: &NoiseTerms) -> Vec<f64> {
     if v < best_v || !best_v.is_finite() {
         (best, best_v) = (dfq.clone(), v);
     }
+    let mut found = None;
     let max_of = |f: &dyn Fn(usize) -> f64| (0..n).map(f).fold(0f64, f64::max);
     let r1d = max_of(&|i| t.r1[i] / dfq[i]);
     let rad = max_of(&|i| t.act_range[i] / dfq[i]);
     let r2 = max_of(&|i| t.r2[i] * dfq[i]);
     if r1d > 0.0 && r2 > 0.0 && rad > 0.0 {
-        const STEPS: usize = 41;
-        let grid: Vec<f64> = (0..STEPS)
-            .map(|k| (-3.0 + 6.0 * k as f64 / (STEPS - 1) as f64).exp())
-            .collect();
         let hi: Vec<f64> =
             t.r2.iter()
                 .map(|&r| if r > 0.0 { r2 / r } else { f64::INFINITY })
@@ -1029,44 +1063,67 @@ pub fn noise_scales(t: &NoiseTerms) -> Vec<f64> {
         let d: Vec<f64> = (0..n)
             .map(|i| (r2 / t.qw).powi(2) * t.fan_out[i] * t.act_energy[i])
             .collect();
-        let found = grid
-            .par_iter()
-            .filter_map(|&f1| {
-                let big_r1 = r1d * f1;
-                let mut local: Option<(f64, Vec<f64>)> = None;
-                let mut s = vec![1.0; n];
-                'grid: for &fa in &grid {
-                    let big_ra = rad * fa;
-                    for i in 0..n {
-                        let lo = (t.r1[i] / big_r1).max(t.act_range[i] / big_ra);
-                        if lo > hi[i] * (1.0 + 1e-9) {
-                            continue 'grid;
+        let gain_in: Vec<f64> = t.gain.iter().zip(t.in_energy).map(|(g, e)| g * e).collect();
+        // The best scales on a `steps × steps` grid of `(ln f1, ln fv)` centred at `c`.
+        let search = |c: (f64, f64), half: f64, steps: usize| {
+            let at = |k: usize| -half + 2.0 * half * k as f64 / (steps - 1) as f64;
+            // Sequential: one grid is ~50 small evaluations, below rayon's break-even.
+            (0..steps)
+                .filter_map(|k1| {
+                    let l1 = c.0 + at(k1);
+                    let big_r1 = r1d * l1.exp();
+                    let mut local: Option<(f64, Vec<f64>, (f64, f64))> = None;
+                    let mut s = vec![1.0; n];
+                    'grid: for ka in 0..steps {
+                        let la = c.1 + at(ka);
+                        let big_ra = rad * la.exp();
+                        let (inv_r1, inv_ra) = (1.0 / big_r1, 1.0 / big_ra);
+                        let (cw, ca) = ((big_r1 / t.qw).powi(2), (big_ra / t.qa).powi(2));
+                        for i in 0..n {
+                            let lo = (t.r1[i] * inv_r1).max(t.act_range[i] * inv_ra);
+                            if lo > hi[i] * (1.0 + 1e-9) {
+                                continue 'grid;
+                            }
+                            let c = cw * gain_in[i] + ca * t.gain[i];
+                            let opt = if c > 0.0 && d[i] > 0.0 {
+                                (d[i] / c).sqrt().sqrt()
+                            } else {
+                                dfq[i]
+                            };
+                            let v = opt.min(hi[i]).max(lo);
+                            s[i] = if v > 0.0 && v.is_finite() { v } else { 1.0 };
                         }
-                        let c = t.gain[i]
-                            * ((big_r1 / t.qw).powi(2) * t.in_energy[i] + (big_ra / t.qa).powi(2));
-                        let opt = if c > 0.0 && d[i] > 0.0 {
-                            (d[i] / c).sqrt().sqrt()
-                        } else {
-                            dfq[i]
-                        };
-                        let v = opt.min(hi[i]).max(lo);
-                        s[i] = if v > 0.0 && v.is_finite() { v } else { 1.0 };
+                        let v = t.noise(&s);
+                        if v.is_finite() && local.as_ref().is_none_or(|(b, _, _)| v < *b) {
+                            local = Some((v, s.clone(), (l1, la)));
+                        }
                     }
-                    let v = t.noise(&s);
-                    if v.is_finite() && local.as_ref().is_none_or(|(b, _)| v < *b) {
-                        local = Some((v, s.clone()));
-                    }
+                    local
+                })
+                .reduce(|x, y| if y.0 < x.0 { y } else { x })
+        };
+        // Coarse to fine: steps of 1.5, 0.75, 0.5 and 0.17 in ln R (`e^{±3}` in all); later
+        // passes refine around the previous centre only.
+        let mut centre = start.unwrap_or((0.0, 0.0));
+        let levels: &[(f64, usize)] = if start.is_some() {
+            &[(0.5, 3), (0.17, 3)]
+        } else {
+            &[(3.0, 5), (1.5, 5), (0.5, 5), (0.17, 3)]
+        };
+        for &(half, steps) in levels {
+            if let Some((v, s, c)) = search(centre, half, steps) {
+                centre = c;
+                found = Some(c);
+                if v < best_v {
+                    (best, best_v) = (s, v);
                 }
-                local
-            })
-            .reduce_with(|x, y| if y.0 < x.0 { y } else { x });
-        if let Some((v, s)) = found {
-            if v < best_v {
-                best = s;
             }
         }
     }
     let mean_ln = best.iter().map(|s| s.ln()).sum::<f64>() / n as f64;
     let c = (-mean_ln).exp();
-    best.iter().map(|s| (s * c).clamp(1e-8, 1e8)).collect()
+    (
+        best.iter().map(|s| (s * c).clamp(1e-8, 1e8)).collect(),
+        found,
+    )
 }
