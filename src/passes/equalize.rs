@@ -10,6 +10,14 @@
 //! The passes only update per-channel scale vectors against `max_k |W[o, j, k]|` (9× smaller
 //! than a 3×3 weight); each weight is rescaled once at the end.
 //!
+//! With BN statistics, [`Objective::Noise`] (default) picks `s` to minimise the modelled
+//! quantization noise at B's output instead of equalizing weight ranges alone: A's weights,
+//! the activation between (per-tensor, its range `max_i a_i/s_i` from the BN rule) and B's
+//! weights each add uniform noise `Δ²/12`, propagated to B's output ([`NoiseTerms::noise`],
+//! solved by [`noise_scales`]). DFQ's rule ignores the activation; on MobileNetV2's first
+//! depthwise chain it spreads that activation's channels over 45×, which costs what it
+//! gains. Pairs BN statistics do not reach use DFQ's rule.
+//!
 //! ReLU6 (`Clip(0, c)`) is not scale-equivariant. With [`Relu6::PerChannel`] (default) it is
 //! kept exact: the Clip becomes `Relu` then `Min(·, c / S_i)` with the accumulated channel
 //! scale `S_i`. [`Relu6::Relu`] replaces it by Relu (DFQ's choice; changes the float model).
@@ -1126,4 +1134,62 @@ fn noise_scales_from(t: &NoiseTerms, start: Option<(f64, f64)>) -> (Vec<f64>, Op
         best.iter().map(|s| (s * c).clamp(1e-8, 1e8)).collect(),
         found,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{noise_scales, NoiseTerms};
+
+    fn terms<'a>(
+        r1: &'a [f64],
+        r2: &'a [f64],
+        act_range: &'a [f64],
+        ones: &'a [f64],
+    ) -> NoiseTerms<'a> {
+        NoiseTerms {
+            r1,
+            r2,
+            act_range,
+            in_energy: ones,
+            act_energy: act_range,
+            gain: ones,
+            fan_out: ones,
+            qw: 127.0,
+            qa: 255.0,
+        }
+    }
+
+    #[test]
+    fn noise_scales_never_model_more_noise_than_dfq_or_none() {
+        // Channel ranges spread over four decades, as after folding BN into a depthwise conv.
+        let r1 = [15.0, 0.007, 2.3, 0.4, 8.8];
+        let r2 = [0.5, 1.0, 0.75, 0.9, 1.03];
+        let act = [6.0, 0.02, 3.0, 1.0, 6.0];
+        let ones = [1.0; 5];
+        let t = terms(&r1, &r2, &act, &ones);
+        let s = noise_scales(&t);
+        let dfq: Vec<f64> = r1.iter().zip(&r2).map(|(a, b)| (a / b).sqrt()).collect();
+        assert!(t.noise(&s) <= t.noise(&dfq) * (1.0 + 1e-12));
+        assert!(t.noise(&s) <= t.noise(&ones) * (1.0 + 1e-12));
+        // Normalised to geometric mean 1.
+        let mean_ln: f64 = s.iter().map(|v| v.ln()).sum::<f64>() / 5.0;
+        assert!(mean_ln.abs() < 1e-9, "{mean_ln}");
+    }
+
+    #[test]
+    fn activation_noise_pulls_scales_away_from_dfq() {
+        // Weight ranges call for very different scales, but the activation between has the
+        // same range in every channel: shrinking a channel (s > 1) also shrinks its
+        // activation and wastes the activation grid, so the noise optimum scales less than
+        // DFQ does.
+        let r1 = [100.0, 1.0];
+        let r2 = [1.0, 1.0];
+        let act = [1.0, 1.0];
+        let ones = [1.0; 2];
+        let t = terms(&r1, &r2, &act, &ones);
+        let s = noise_scales(&t);
+        let spread = (s[0] / s[1]).ln();
+        let dfq_spread = (10.0f64 / 1.0).ln();
+        assert!(spread > 0.0 && spread < dfq_spread, "{s:?}");
+    }
 }
