@@ -1014,11 +1014,12 @@ impl NoiseTerms<'_> {
 ///
 /// The noise is invariant to a common factor on all `s_i`, so `Δ_B`'s range `R2` is held at
 /// its DFQ value and the two other ranges `R1 = max r1/s`, `Rv = max range/s` are searched
-/// on log grids refined around the best point (`e^{±3}` around DFQ in steps of 1.5, down to steps of 0.17). For fixed ranges the noise separates
-/// per channel and its minimum is `s_i⁴ = Δ_B²·fan_out_i·act_energy_i / (gain_i·(Δ_A²·in_i
-/// + Δ_v²))`, clamped to the box the ranges allow (`r1_i/R1 ≤ s_i`, `range_i/Rv ≤ s_i`,
-/// `s_i ≤ R2/r2_i`). The best of these, DFQ's scales and no scaling is returned, so the
-/// result never models more noise than DFQ.
+/// on log grids refined around the best point (`e^{±3}` around DFQ in steps of 1.5, down to
+/// steps of 0.17). For fixed ranges the noise separates per channel, with its minimum at
+/// `s_i⁴ = Δ_B²·fan_out_i·act_energy_i / (gain_i·(Δ_A²·in_i + Δ_v²))` clamped to the box
+/// the ranges allow (`r1_i/R1 ≤ s_i`, `range_i/Rv ≤ s_i`, `s_i ≤ R2/r2_i`). The best of
+/// these, DFQ's scales and no scaling is returned, so the result never models more noise
+/// than DFQ.
 #[must_use]
 pub fn noise_scales(t: &NoiseTerms) -> Vec<f64> {
     noise_scales_from(t, None).0
