@@ -39,6 +39,9 @@ OPTIONS = {
     "CLE+BC": ["--correct-bias", "on", "--equalize", "on", "--equalize-by", "weights"],
     "CLE+HBA": ["--correct-bias", "off", "--equalize", "on", "--absorb-bias", "on", "--equalize-by", "weights"],
     "CLE+HBA+BC": ["--correct-bias", "on", "--equalize", "on", "--absorb-bias", "on", "--equalize-by", "weights"],
+    # The noise objective (falls back to DFQ's rule where BN statistics are missing).
+    "CLEn": ["--correct-bias", "off", "--equalize", "on", "--equalize-by", "noise"],
+    "CLEn+BC": ["--correct-bias", "on", "--equalize", "on", "--equalize-by", "noise"],
 }
 # Bit widths: W8A8 for every option, W6A6 for the default options.
 BITS = [("W8A8", None), ("W6A6", "BC")]

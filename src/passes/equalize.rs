@@ -5,7 +5,7 @@
 //! `r1_i = max|W_A[i, …]|`, `r2_i = max|W_B[:, i, …]|`, `s_i = sqrt(r1_i / r2_i)` (1 if either
 //! is 0), then `W_A[i] /= s_i`, `b_A[i] /= s_i`, `W_B[:, i] *= s_i`. The float model is
 //! unchanged and both ranges become `sqrt(r1_i·r2_i)`, which is what one scale per tensor
-//! needs. Pairs are applied in graph order and the passes repeat until `max |ln s| < 1e-2`
+//! needs. Pairs are applied in graph order and the passes repeat until `max |ln s| < 1e-3`
 //! (at most 100 passes), so `Conv → depthwise → Conv` triplets converge to the triplet rule.
 //! The passes only update per-channel scale vectors against `max_k |W[o, j, k]|` (9× smaller
 //! than a 3×3 weight); each weight is rescaled once at the end.
@@ -84,8 +84,8 @@ pub struct FloatChange {
     pub top1_agreement: f64,
 }
 
-/// Convergence threshold on `max |ln s|` of a pass (1 % scale change).
-const TOLERANCE: f64 = 1e-2;
+/// Convergence threshold on `max |ln s|` of a pass (0.1 % scale change; 1 % measured 0.3–0.4 dB worse on the BN-folded MobileNetV2 exports).
+const TOLERANCE: f64 = 1e-3;
 /// Pass limit.
 const MAX_PASSES: usize = 100;
 
@@ -992,18 +992,28 @@ impl NoiseTerms<'_> {
     /// `Δ_B = max_i(r2_i·s_i)/qw`.
     #[must_use]
     pub fn noise(&self, s: &[f64]) -> f64 {
-        // One pass: the three ranges and the three sums they multiply.
+        // One pass: the three ranges and the three sums they multiply (selects, not
+        // `f64::max`, so that it vectorizes).
+        let n = s.len();
+        let (r1, ar, r2) = (&self.r1[..n], &self.act_range[..n], &self.r2[..n]);
+        let (g, e_in, fo, e_v) = (
+            &self.gain[..n],
+            &self.in_energy[..n],
+            &self.fan_out[..n],
+            &self.act_energy[..n],
+        );
         let (mut m1, mut ma, mut m2) = (0f64, 0f64, 0f64);
         let (mut sw, mut sa, mut sb) = (0f64, 0f64, 0f64);
         for (i, &si) in s.iter().enumerate() {
             let inv = 1.0 / si;
-            m1 = m1.max(self.r1[i] * inv);
-            ma = ma.max(self.act_range[i] * inv);
-            m2 = m2.max(self.r2[i] * si);
-            let gs = si * si * self.gain[i];
-            sw += gs * self.in_energy[i];
+            let (x1, xa, x2) = (r1[i] * inv, ar[i] * inv, r2[i] * si);
+            m1 = if x1 > m1 { x1 } else { m1 };
+            ma = if xa > ma { xa } else { ma };
+            m2 = if x2 > m2 { x2 } else { m2 };
+            let gs = si * si * g[i];
+            sw += gs * e_in[i];
             sa += gs;
-            sb += self.fan_out[i] * self.act_energy[i] * inv * inv;
+            sb += fo[i] * e_v[i] * inv * inv;
         }
         let (m1, ma, m2) = (m1 / self.qw, ma / self.qa, m2 / self.qw);
         (m1 * m1 * sw + ma * ma * sa + m2 * m2 * sb) / 12.0
@@ -1088,19 +1098,28 @@ fn noise_scales_from(t: &NoiseTerms, start: Option<(f64, f64)>) -> (Vec<f64>, Op
                         let big_ra = rad * la.exp();
                         let (inv_r1, inv_ra) = (1.0 / big_r1, 1.0 / big_ra);
                         let (cw, ca) = ((big_r1 / t.qw).powi(2), (big_ra / t.qa).powi(2));
-                        for i in 0..n {
-                            let lo = (t.r1[i] * inv_r1).max(t.act_range[i] * inv_ra);
-                            if lo > hi[i] * (1.0 + 1e-9) {
-                                continue 'grid;
-                            }
-                            let c = cw * gain_in[i] + ca * t.gain[i];
-                            let opt = if c > 0.0 && d[i] > 0.0 {
-                                (d[i] / c).sqrt().sqrt()
+                        // Feasibility first, then a branch-free pass (both vectorize).
+                        let (r1, ar, hi) = (&t.r1[..n], &t.act_range[..n], &hi[..n]);
+                        let lo_at = |i: usize| {
+                            let (a, b) = (r1[i] * inv_r1, ar[i] * inv_ra);
+                            if a > b {
+                                a
                             } else {
-                                dfq[i]
-                            };
-                            let v = opt.min(hi[i]).max(lo);
-                            s[i] = if v > 0.0 && v.is_finite() { v } else { 1.0 };
+                                b
+                            }
+                        };
+                        if (0..n).any(|i| lo_at(i) > hi[i] * (1.0 + 1e-9)) {
+                            continue 'grid;
+                        }
+                        let (gi, g, dd, df) = (&gain_in[..n], &t.gain[..n], &d[..n], &dfq[..n]);
+                        for (i, si) in s[..n].iter_mut().enumerate() {
+                            let lo = lo_at(i);
+                            let c = cw * gi[i] + ca * g[i];
+                            let opt = (dd[i] / c).sqrt().sqrt();
+                            let opt = if c > 0.0 && dd[i] > 0.0 { opt } else { df[i] };
+                            let v = if opt > hi[i] { hi[i] } else { opt };
+                            let v = if v < lo { lo } else { v };
+                            *si = if v > 0.0 && v < f64::INFINITY { v } else { 1.0 };
                         }
                         let v = t.noise(&s);
                         if v.is_finite() && local.as_ref().is_none_or(|(b, _, _)| v < *b) {
