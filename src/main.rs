@@ -755,6 +755,9 @@ fn print_summary(
         "weights    W{} per-tensor symmetric, rounding {}: {flips} of {weights} weights differ from round-to-nearest",
         r.config.weight_bits, r.rounding
     );
+    if let Some(why) = &r.equalize_declined {
+        out!("equalize   off: {why}");
+    }
     if let Some(e) = &r.equalized {
         out!(
             "equalize   {} layer pairs in {} passes, {} ReLU6 rewritten",

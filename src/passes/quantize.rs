@@ -344,6 +344,9 @@ pub struct QuantizeReport {
     /// Cross-layer equalization (`--equalize on`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub equalized: Option<super::equalize::EqualizeReport>,
+    /// Why `--equalize auto` left CLE off after trying it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub equalize_declined: Option<String>,
     /// Stage → milliseconds.
     pub timings_ms: Vec<(String, f64)>,
 }
@@ -509,6 +512,7 @@ pub fn quantize(
     model.graph.sort_topologically()?;
     stage("fold-bn", t, &mut timings);
     let mut equalized = None;
+    let mut equalize_declined = None;
     let equalize = match cfg.equalize {
         Equalize::On => true,
         Equalize::Off => false,
@@ -541,6 +545,10 @@ pub fn quantize(
         if let Some((m, st)) = backup.filter(|_| 2 * report.pairs.len() < convs) {
             *model = m;
             fold.stats = st;
+            equalize_declined = Some(format!(
+                "--equalize auto: CLE would reach {} layer pairs of {convs} convolutions (auto needs half), so it stays off; --equalize on forces it",
+                report.pairs.len()
+            ));
         } else {
             model.graph.sort_topologically()?;
             if let Some(before) = before.filter(|_| report.relu6_rewritten > 0) {
@@ -971,6 +979,7 @@ pub fn quantize(
         skipped,
         bias_corrected: corrected,
         equalized,
+        equalize_declined,
         timings_ms: timings,
     };
     // Keep the IR version as low as the opset allows (ONNX Runtime 1.15 rejects IR 10), when
@@ -1118,6 +1127,12 @@ pub fn config_summary(cfg: &QuantizeConfig) -> String {
         Equalize::On => " equalize=on",
         Equalize::Off => " equalize=off",
     });
+    if cfg.equalize != Equalize::Off {
+        s.push_str(match cfg.equalize_objective {
+            super::equalize::Objective::Noise => " equalize-by=noise",
+            super::equalize::Objective::Weights => " equalize-by=weights",
+        });
+    }
     if cfg.absorb_bias {
         s.push_str(" absorb-bias=on");
     }
