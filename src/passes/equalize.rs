@@ -424,10 +424,23 @@ pub fn equalize(
     // weights are rescaled once at the end.
     // The noise objective's grid centre per pair: later passes search only around it.
     let mut centres: HashMap<usize, Option<(f64, f64)>> = HashMap::new();
+    // A DFQ pair whose last scales were all within the tolerance is skipped until a
+    // neighbouring pair moves one of its two layers again: DFQ's rule would then give exactly
+    // s = 1. (Noise-objective pairs always rerun: skipping them stopped their grid search early
+    // and measured 0.3 dB worse on MobileNetV2.)
+    let mut moved: HashMap<usize, u64> = HashMap::new();
+    let mut seen: Vec<Option<(u64, u64)>> = vec![None; pairs.len()];
     for pass in 1..=MAX_PASSES {
         report.passes = pass;
         let mut worst = 0f64;
-        for p in &pairs {
+        for (k, p) in pairs.iter().enumerate() {
+            let stamps = (
+                moved.get(&p.a).copied().unwrap_or(0),
+                moved.get(&p.b).copied().unwrap_or(0),
+            );
+            if p.noise.is_none() && seen[k] == Some(stamps) {
+                continue;
+            }
             // Only the side whose scales moved since is recomputed: in a chain A → B → C the
             // ranges of A's rows and C's columns never change, only B's.
             if let Some(la) = layers.get_mut(&p.a) {
@@ -447,7 +460,15 @@ pub fn equalize(
                 }
                 None => pair_scales(&layers[&p.a], &layers[&p.b]),
             };
-            worst = s.iter().fold(worst, |m, v| m.max(v.ln().abs()));
+            let change = s.iter().fold(0f64, |m, v| m.max(v.ln().abs()));
+            worst = worst.max(change);
+            if change >= TOLERANCE {
+                *moved.entry(p.a).or_insert(0) += 1;
+                *moved.entry(p.b).or_insert(0) += 1;
+                seen[k] = None;
+            } else {
+                seen[k] = Some(stamps);
+            }
             if let Some(la) = layers.get_mut(&p.a) {
                 la.out_s.iter_mut().zip(&s).for_each(|(a, f)| *a *= f);
                 la.col_max = None;
