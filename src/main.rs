@@ -755,9 +755,6 @@ fn print_summary(
         "weights    W{} per-tensor symmetric, rounding {}: {flips} of {weights} weights differ from round-to-nearest",
         r.config.weight_bits, r.rounding
     );
-    if let Some(why) = &r.equalize_declined {
-        out!("equalize   off: {why}");
-    }
     if let Some(e) = &r.equalized {
         out!(
             "equalize   {} layer pairs in {} passes, {} ReLU6 rewritten",
@@ -765,6 +762,9 @@ fn print_summary(
             e.passes,
             e.relu6_rewritten
         );
+        if let Some(why) = &r.equalize_note {
+            out!("           {why}");
+        }
         if let Some(c) = &e.float_change {
             out!(
                 "           ReLU6 replaced by Relu changed the float model: SQNR {:.2} dB against the original, max |diff| {:.3e}, top-1 agreement {:.2} % ({} seeded N(0,1) inputs)",

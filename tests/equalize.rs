@@ -203,11 +203,12 @@ fn relu6_replacement_reports_the_float_change() {
 }
 
 #[test]
-fn auto_leaves_cle_off_where_it_reaches_few_convolutions() {
-    use isquant::passes::quantize::{quantize, QuantizeConfig};
+fn auto_uses_dfq_where_cle_reaches_few_convolutions() {
+    use isquant::passes::quantize::{quantize, Equalize, QuantizeConfig};
     // ppocr has depthwise convolutions, but most of its chains go through HardSwish: CLE
-    // reaches 6 of 53 convolutions, measured worse there (docs/results.md), so auto declines
-    // and says why; `on` forces it.
+    // reaches 6 of 53 convolutions. There the noise objective measured worse and DFQ's rule
+    // better (docs/results.md), so auto switches to DFQ's rule and says so; `on` keeps the
+    // objective asked for.
     let run = |equalize| {
         let mut m = Model::from_proto(proto("ppocr-textline-cls.onnx")).unwrap();
         let cfg = QuantizeConfig {
@@ -217,13 +218,19 @@ fn auto_leaves_cle_off_where_it_reaches_few_convolutions() {
         };
         quantize(&mut m, &cfg, None, &mut |_| {}).unwrap()
     };
-    let auto = run(isquant::passes::quantize::Equalize::Auto);
-    assert!(auto.equalized.is_none());
+    let auto = run(Equalize::Auto);
+    assert_eq!(auto.equalized.as_ref().map(|e| e.pairs.len()), Some(6));
     let why = auto
-        .equalize_declined
-        .expect("auto should say why CLE is off");
+        .equalize_note
+        .clone()
+        .expect("auto should say why it chose DFQ's rule");
     assert!(why.contains("6 layer pairs of 53 convolutions"), "{why}");
-    let on = run(isquant::passes::quantize::Equalize::On);
-    assert_eq!(on.equalized.map(|e| e.pairs.len()), Some(6));
-    assert!(on.equalize_declined.is_none());
+    let on = run(Equalize::On);
+    assert_eq!(on.equalized.as_ref().map(|e| e.pairs.len()), Some(6));
+    assert!(on.equalize_note.is_none());
+    // The two rules give different weight scales.
+    let scales = |r: &isquant::passes::quantize::QuantizeReport| -> Vec<f32> {
+        r.layers.iter().map(|l| l.weight_scale).collect()
+    };
+    assert_ne!(scales(&auto), scales(&on));
 }

@@ -42,15 +42,18 @@ OPTIONS = {
     # The noise objective (falls back to DFQ's rule where BN statistics are missing).
     "CLEn": ["--correct-bias", "off", "--equalize", "on", "--equalize-by", "noise"],
     "CLEn+BC": ["--correct-bias", "on", "--equalize", "on", "--equalize-by", "noise"],
+    # Today's defaults (BC, --equalize auto with the noise objective).
+    "default": [],
 }
 # Bit widths: W8A8 for every option, W6A6 for the default options.
-BITS = [("W8A8", None), ("W6A6", "BC")]
+BITS = [("W8A8", None), ("W6A6", "default")]
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--isquant", default=os.path.join(ROOT, "target", "release", "isquant"))
     ap.add_argument("--only", default="")
+    ap.add_argument("--bits", default="", help="run only this bit width (W8A8 or W6A6)")
     a = ap.parse_args()
     print("| model | bits | rounding | options | weights | accuracy | agreement | SQNR dB |")
     print("|---|---|---|---|---|---|---|---|")
@@ -61,10 +64,12 @@ def main():
             src = os.path.join(SHARED, name + ".onnx")
             configs, paths = [], []
             for bits, only in BITS:
+                if a.bits and bits != a.bits:
+                    continue
                 b = bits[1]
                 for rounding in ("nearest", "squant"):
                     for opt, flags in OPTIONS.items():
-                        if only and opt != only:
+                        if (only and opt != only) or (not only and opt == "default"):
                             continue
                         for gran in ("per-tensor", "per-channel"):
                             out = os.path.join(tmp, f"{name}-{bits}-{rounding}-{opt}-{gran}.onnx".replace("+", "_"))

@@ -344,9 +344,9 @@ pub struct QuantizeReport {
     /// Cross-layer equalization (`--equalize on`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub equalized: Option<super::equalize::EqualizeReport>,
-    /// Why `--equalize auto` left CLE off after trying it.
+    /// How `--equalize auto` chose the scale rule, when it overrode `--equalize-by`.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub equalize_declined: Option<String>,
+    pub equalize_note: Option<String>,
     /// Stage → milliseconds.
     pub timings_ms: Vec<(String, f64)>,
 }
@@ -512,51 +512,56 @@ pub fn quantize(
     model.graph.sort_topologically()?;
     stage("fold-bn", t, &mut timings);
     let mut equalized = None;
-    let mut equalize_declined = None;
+    let mut equalize_note = None;
     let equalize = match cfg.equalize {
         Equalize::On => true,
         Equalize::Off => false,
         // Decided by the ablation (docs/results.md): with depthwise convolutions CLE gains
-        // +2.1 dB on the BN-folded MobileNetV2 (weights objective: no BN statistics left) and
-        // +3.5 dB on its BN form (noise objective); without depthwise it cost CIFAR an image.
-        // Where it reaches less than half of the convolutions (ppocr: 6 pairs of 53 layers,
-        // its other chains go through HardSwish) it cost 1.1 dB, so auto then leaves it off.
+        // +2.5 dB on the BN-folded MobileNetV2 (weights objective: no BN statistics left),
+        // +3.5 dB on its BN form (noise objective) and +1.0 dB on ppocr (weights objective,
+        // below); without depthwise it cost CIFAR an image.
         Equalize::Auto => has_depthwise(&model.graph),
     };
     if equalize {
         progress("equalize");
         let t = Instant::now();
         let before = (cfg.relu6 == super::equalize::Relu6::Relu).then(|| model.clone());
+        let opts = super::equalize::Options {
+            relu6: cfg.relu6,
+            absorb_bias: cfg.absorb_bias,
+            objective: cfg.equalize_objective,
+            n_sigmas: cfg.bn_sigmas,
+            weight_bits: cfg.weight_bits,
+            act_bits: cfg.act_bits,
+        };
         // auto keeps the original to go back to (only `on` skips the copy).
-        let backup = (cfg.equalize == Equalize::Auto).then(|| (model.clone(), fold.stats.clone()));
-        let mut report = super::equalize::equalize(
-            model,
-            &mut fold.stats,
-            &super::equalize::Options {
-                relu6: cfg.relu6,
-                absorb_bias: cfg.absorb_bias,
-                objective: cfg.equalize_objective,
-                n_sigmas: cfg.bn_sigmas,
-                weight_bits: cfg.weight_bits,
-                act_bits: cfg.act_bits,
-            },
-        )?;
+        let backup = (cfg.equalize == Equalize::Auto
+            && opts.objective == super::equalize::Objective::Noise)
+            .then(|| (model.clone(), fold.stats.clone()));
+        let mut report = super::equalize::equalize(model, &mut fold.stats, &opts)?;
         let convs = model.graph.nodes.iter().filter(|n| n.is("Conv")).count();
+        // Where CLE reaches less than half of the convolutions (ppocr: 6 pairs of 53 layers, its
+        // other chains go through HardSwish) the noise objective measured 1.1 dB worse than no
+        // CLE and DFQ's rule 1.0 dB better, so auto uses DFQ's rule there.
         if let Some((m, st)) = backup.filter(|_| 2 * report.pairs.len() < convs) {
             *model = m;
             fold.stats = st;
-            equalize_declined = Some(format!(
-                "--equalize auto: CLE would reach {} layer pairs of {convs} convolutions (auto needs half), so it stays off; --equalize on forces it",
+            let weights = super::equalize::Options {
+                objective: super::equalize::Objective::Weights,
+                ..opts
+            };
+            report = super::equalize::equalize(model, &mut fold.stats, &weights)?;
+            equalize_note = Some(format!(
+                "--equalize auto: CLE reaches {} layer pairs of {convs} convolutions (under half), so it uses DFQ's rule (--equalize-by weights), which measured better there",
                 report.pairs.len()
             ));
-        } else {
-            model.graph.sort_topologically()?;
-            if let Some(before) = before.filter(|_| report.relu6_rewritten > 0) {
-                progress("measure the float change of ReLU6 → Relu");
-                report.float_change = Some(float_change(&before, model, cfg)?);
-            }
-            equalized = Some(report);
         }
+        model.graph.sort_topologically()?;
+        if let Some(before) = before.filter(|_| report.relu6_rewritten > 0) {
+            progress("measure the float change of ReLU6 → Relu");
+            report.float_change = Some(float_change(&before, model, cfg)?);
+        }
+        equalized = Some(report);
         stage("equalize", t, &mut timings);
     }
 
@@ -979,7 +984,7 @@ pub fn quantize(
         skipped,
         bias_corrected: corrected,
         equalized,
-        equalize_declined,
+        equalize_note,
         timings_ms: timings,
     };
     // Keep the IR version as low as the opset allows (ONNX Runtime 1.15 rejects IR 10), when
