@@ -1015,7 +1015,21 @@ impl NoiseTerms<'_> {
     pub fn noise(&self, s: &[f64]) -> f64 {
         // One pass: the three ranges and the three sums they multiply (selects, not
         // `f64::max`, so that it vectorizes).
-        let n = s.len();
+        // Channels all the vectors have (a shorter one would otherwise panic).
+        let n = [
+            s.len(),
+            self.r1.len(),
+            self.act_range.len(),
+            self.r2.len(),
+            self.gain.len(),
+            self.in_energy.len(),
+            self.fan_out.len(),
+            self.act_energy.len(),
+        ]
+        .into_iter()
+        .min()
+        .unwrap_or(0);
+        let s = &s[..n];
         let (r1, ar, r2) = (&self.r1[..n], &self.act_range[..n], &self.r2[..n]);
         let (g, e_in, fo, e_v) = (
             &self.gain[..n],
@@ -1215,6 +1229,14 @@ mod tests {
         // Normalised to geometric mean 1.
         let mean_ln: f64 = s.iter().map(|v| v.ln()).sum::<f64>() / 5.0;
         assert!(mean_ln.abs() < 1e-9, "{mean_ln}");
+    }
+
+    #[test]
+    fn mismatched_lengths_neither_panic_nor_scale() {
+        let (r1, r2, act, ones) = ([1.0, 2.0, 3.0], [1.0, 1.0], [1.0, 1.0, 1.0], [1.0; 3]);
+        let t = terms(&r1, &r2, &act, &ones);
+        assert!(t.noise(&[1.0, 1.0, 1.0]).is_finite());
+        assert_eq!(noise_scales(&t), vec![1.0; 3]);
     }
 
     #[test]
