@@ -40,12 +40,30 @@ impl std::fmt::Debug for TractModel {
     }
 }
 
+/// Keeps tract off its AMX int8 matmul kernels (`avx512amx_mmm_i32_*`, CPUs with AMX such as
+/// Sapphire Rapids). In tract 0.23.9 they crash (SIGSEGV) on the per-channel `Min` that
+/// equalization keeps ReLU6 exact with, fused into their epilogue: every MobileNetV2 int8 model
+/// with CLE crashed `isquant validate` on such a CPU. The AVX-512 VNNI kernels used instead
+/// compute the same integers. A `TRACT_CPU_ISA` environment variable still takes precedence.
+/// Runs once, before tract first probes the CPU; only on x86_64 (the feature name is x86's).
+fn avoid_amx_int8_kernels() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            // Fails only if another config set the knob differently; then that one stands.
+            let _ = tract_onnx::tract_core::knobs::set_config_global("TRACT_CPU_ISA", "-amx-int8");
+        }
+    });
+}
+
 impl TractModel {
     /// Loads a model and optimizes it for f32 inputs of the given shapes.
     ///
     /// # Errors
     /// tract cannot parse, type or optimize the model.
     pub fn load(source: Source<'_>, input_shapes: &[Vec<usize>]) -> Result<Self> {
+        avoid_amx_int8_kernels();
         // Shapes in value_info and outputs may use symbols (or -1) that would not unify with
         // the concrete input shapes chosen here; tract re-infers them.
         let onnx = tract_onnx::onnx()
