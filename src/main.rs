@@ -247,8 +247,9 @@ struct QuantizeArgs {
     #[arg(long, default_value = "on", value_parser = ["on", "off"])]
     correct_bias: String,
     /// Cross-layer equalization (DFQ): rescale Conv→(Relu)→Conv chains so each tensor's
-    /// channels share one range; the float model is unchanged. auto: on for BN-folded models
-    /// with depthwise convolutions (MobileNet-style exports), where it measured best.
+    /// channels share one range; the float model is unchanged. auto: on for models with
+    /// depthwise convolutions (MobileNet-style), with DFQ's rule where it reaches under half of
+    /// the convolutions, and off under --qdq-outputs all when BN statistics exist (as measured).
     #[arg(long, default_value = "auto", value_parser = ["auto", "on", "off"])]
     equalize: String,
     /// High-bias absorption after equalization (DFQ): move `max(0, μ − 3σ)` of each equalized
