@@ -706,46 +706,44 @@ impl Layer {
         );
     }
 
-    /// Computes `col_max` if `out_s` changed since, walking rows (row-major: cache-friendly).
+    /// Computes `col_max` if `out_s` changed since: `max_o absmax[o, c]/out_s[o]`.
     fn refresh_col_max(&mut self) {
-        if self.col_max.is_some() {
-            return;
+        if self.col_max.is_none() {
+            let m = self.column_pass(&self.absmax, |s| 1.0 / s, |d, v| if v > d { v } else { d });
+            self.col_max = Some(m);
         }
-        let (o_n, il, pgo) = self.dims();
-        let mut m = vec![0f32; self.in_s.len()];
-        for o in 0..o_n {
-            let grp = o / pgo.max(1);
-            let inv = (1.0 / self.out_s[o]) as f32;
-            let row = self.absmax.get(o * il..(o + 1) * il).unwrap_or(&[]);
-            if let Some(dst) = m.get_mut(grp * il..(grp + 1) * il) {
-                for (d, &w) in dst.iter_mut().zip(row) {
-                    let v = w * inv;
-                    *d = if v > *d { v } else { *d };
-                }
-            }
-        }
-        self.col_max = Some(m.into_iter().map(f64::from).collect());
     }
 
-    /// Computes `col_sq` if `out_s` changed since.
+    /// Computes `col_sq` if `out_s` changed since: `Σ_o sumsq[o, c]/out_s[o]²`.
     fn refresh_col_sq(&mut self) {
-        if self.col_sq.is_some() {
-            return;
+        if self.col_sq.is_none() {
+            let m = self.column_pass(&self.sumsq, |s| 1.0 / (s * s), |d, v| d + v);
+            self.col_sq = Some(m);
         }
-        // f32 accumulation (vectorizes, as `refresh_col_max`): the noise model needs no more.
+    }
+
+    /// Folds `data[o, c]·factor(out_s[o])` over the rows `o` into one value per input channel
+    /// `c` (per group), walking rows (row-major: cache-friendly). f32 inner loop: it vectorizes,
+    /// and ranges and energies need no more precision.
+    fn column_pass(
+        &self,
+        data: &[f32],
+        factor: impl Fn(f64) -> f64,
+        combine: impl Fn(f32, f32) -> f32,
+    ) -> Vec<f64> {
         let (o_n, il, pgo) = self.dims();
         let mut m = vec![0f32; self.in_s.len()];
         for o in 0..o_n {
             let grp = o / pgo.max(1);
-            let inv = (1.0 / (self.out_s[o] * self.out_s[o])) as f32;
-            let row = self.sumsq.get(o * il..(o + 1) * il).unwrap_or(&[]);
+            let f = factor(self.out_s[o]) as f32;
+            let row = data.get(o * il..(o + 1) * il).unwrap_or(&[]);
             if let Some(dst) = m.get_mut(grp * il..(grp + 1) * il) {
-                for (d, &q) in dst.iter_mut().zip(row) {
-                    *d += q * inv;
+                for (d, &w) in dst.iter_mut().zip(row) {
+                    *d = combine(*d, w * f);
                 }
             }
         }
-        self.col_sq = Some(m.into_iter().map(f64::from).collect());
+        m.into_iter().map(f64::from).collect()
     }
 }
 
