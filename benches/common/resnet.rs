@@ -24,15 +24,19 @@ pub fn resnet50_convs() -> Vec<(usize, usize, usize)> {
     v
 }
 
+/// Seeded bell-shaped weights in (−1, 1): the mean of four uniforms (Irwin–Hall), whose tail
+/// matches trained convolutions (3.0 % of each row's `|w|` within 0.7 of the row maximum;
+/// MobileNetV2 ImageNet: 3.6 %; uniform weights: 30 %).
 fn values(n: usize, seed: u32) -> Vec<f32> {
     let mut s = seed.wrapping_mul(2_654_435_761).max(1);
+    let mut next = move || {
+        s ^= s << 13;
+        s ^= s >> 17;
+        s ^= s << 5;
+        s as f32 / u32::MAX as f32 - 0.5
+    };
     (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 17;
-            s ^= s << 5;
-            (s as f32 / u32::MAX as f32) - 0.5
-        })
+        .map(|_| (next() + next() + next() + next()) * 0.5)
         .collect()
 }
 

@@ -384,6 +384,14 @@ impl Graph {
             .and_then(|&i| self.initializers.get(i))
     }
 
+    /// Takes the `raw_data` of initializer `name` out of the graph (the initializer stays, with
+    /// no data): a pass that is about to replace it can then own the buffer and edit it in
+    /// place.
+    pub fn take_raw_data(&mut self, name: &str) -> Option<bytes::Bytes> {
+        let i = *self.initializer_index.get(name)?;
+        self.initializers.get_mut(i)?.raw_data.take()
+    }
+
     /// Adds an initializer, or replaces the one with the same name in place.
     pub fn set_initializer(&mut self, t: pb::TensorProto) {
         let name = t.name.clone().unwrap_or_default();

@@ -425,11 +425,16 @@ pub fn from_array(name: &str, data: &TensorData) -> pb::TensorProto {
 
 /// A FLOAT tensor from little-endian f32 bytes (`raw.len() = 4 · Π shape`, not checked).
 pub fn from_f32_le_bytes(name: &str, shape: &[usize], raw: Vec<u8>) -> pb::TensorProto {
+    from_f32_le_raw(name, shape, Bytes::from(raw))
+}
+
+/// A FLOAT tensor around `raw` (little-endian f32 values, not checked against `shape`).
+pub fn from_f32_le_raw(name: &str, shape: &[usize], raw: Bytes) -> pb::TensorProto {
     pb::TensorProto {
         dims: shape.iter().map(|&d| d as i64).collect(),
         data_type: Some(DataType::Float as i32),
         name: Some(name.to_string()),
-        raw_data: Some(Bytes::from(raw)),
+        raw_data: Some(raw),
         ..Default::default()
     }
 }
