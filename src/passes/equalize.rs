@@ -586,13 +586,28 @@ pub fn equalize(
             if let Some(lb) = layers.get_mut(&p.b) {
                 lb.refresh_columns(p.noise.is_some());
             }
-            let s = match &p.noise {
-                Some(ps) => {
-                    let t = total.get(&p.a).map(Vec::as_slice).unwrap_or(&[]);
-                    let start = centres.entry(p.a).or_insert(None);
-                    noise_pair_scales(&layers[&p.a], &layers[&p.b], ps, t, opts, start)
-                }
-                None => pair_scales(&layers[&p.a], &layers[&p.b]),
+            // The next noise pair's column walk (memory-bound) overlaps this pair's grid search
+            // (compute-bound). Exact: B's columns depend on B's `out_s` only, which no pair
+            // before the one where B is A changes, and that one comes later (pairs are in
+            // graph order of A).
+            let next_b = pairs
+                .get(k + 1)
+                .filter(|n| n.noise.is_some() && n.b != p.a && n.b != p.b)
+                .map(|n| n.b);
+            let t = total.get(&p.a).map(Vec::as_slice).unwrap_or(&[]);
+            let start = centres.entry(p.a).or_insert(None);
+            let mut scales = |la: &Layer, lb: &Layer| match &p.noise {
+                Some(ps) => noise_pair_scales(la, lb, ps, t, opts, start),
+                None => pair_scales(la, lb),
+            };
+            let s = match next_b {
+                Some(nb) => match layers.get_disjoint_mut([&p.a, &p.b, &nb]) {
+                    [Some(la), Some(lb), Some(ln)] => {
+                        rayon::join(|| scales(la, lb), || ln.refresh_columns(true)).0
+                    }
+                    _ => vec![1.0; layers[&p.a].out_s.len()],
+                },
+                None => scales(&layers[&p.a], &layers[&p.b]),
             };
             let change = s.iter().fold(0f64, |m, v| m.max(v.ln().abs()));
             let tolerance = if p.noise.is_some() {
@@ -1621,9 +1636,7 @@ mod candidate_tests {
             s ^= s << 17;
             (s >> 40) as f32 / (1u64 << 24) as f32 - 0.5
         };
-        (0..n)
-            .map(|_| next() + next() + next() + next())
-            .collect()
+        (0..n).map(|_| next() + next() + next() + next()).collect()
     }
 
     /// Row and column maxima by brute force, in the same f32 arithmetic as the passes.
@@ -1631,15 +1644,12 @@ mod candidate_tests {
         let (o_n, il) = (shape[0], shape[1]);
         let k: usize = shape[2..].iter().product();
         let pgo = o_n / group;
-        let mag = |o: usize, j: usize| {
-            (0..k).fold(0f32, |m, kk| m.max(w[(o * il + j) * k + kk].abs()))
-        };
+        let mag =
+            |o: usize, j: usize| (0..k).fold(0f32, |m, kk| m.max(w[(o * il + j) * k + kk].abs()));
         let rows = (0..o_n)
             .map(|o| {
                 let grp = o / pgo;
-                let m = (0..il).fold(0f32, |m, j| {
-                    m.max(mag(o, j) * l.in_s[grp * il + j] as f32)
-                });
+                let m = (0..il).fold(0f32, |m, j| m.max(mag(o, j) * l.in_s[grp * il + j] as f32));
                 f64::from(m)
             })
             .collect();
@@ -1688,8 +1698,16 @@ mod candidate_tests {
                 l.refresh_row_max();
                 l.refresh_columns(false);
                 let (rows, cols) = brute(&w, &shape, group, &l);
-                assert_eq!(l.row_max.as_ref(), Some(&rows), "{shape:?} rows, step {step}");
-                assert_eq!(l.col_max.as_ref(), Some(&cols), "{shape:?} columns, step {step}");
+                assert_eq!(
+                    l.row_max.as_ref(),
+                    Some(&rows),
+                    "{shape:?} rows, step {step}"
+                );
+                assert_eq!(
+                    l.col_max.as_ref(),
+                    Some(&cols),
+                    "{shape:?} columns, step {step}"
+                );
             }
             assert!(
                 l.row_candidates.is_some() && l.col_candidates.is_some(),
