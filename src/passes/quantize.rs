@@ -702,15 +702,40 @@ pub fn quantize(
         inputs.push((w, layout_of(model, target)?));
     }
     drop(producers);
+    // Bias correction's E[x] from BN statistics (whatever rule sets ranges) is known now: its
+    // shift is computed right after each layer is rounded, while the weights are in cache.
+    // Layers BN statistics do not reach get theirs from the noise pass, below.
+    let bn_means: Vec<Option<(Vec<f64>, usize)>> = if cfg.correct_bias {
+        let stats_dists = if bn.is_empty() {
+            ranges::bn_ranges(&model.graph, &fold.stats, cfg.bn_sigmas)?
+        } else {
+            bn.clone()
+        };
+        chosen
+            .iter()
+            .map(|target| -> Result<Option<(Vec<f64>, usize)>> {
+                let node = &model.graph.nodes[target.node];
+                let mean = stats_dists
+                    .get(node.input(0).unwrap_or(""))
+                    .and_then(|d| d.moments.as_ref())
+                    .map(|m| m.iter().map(|c| c.mean).collect::<Vec<f64>>());
+                let group = node.attr_int("group")?.unwrap_or(1).max(1) as usize;
+                Ok(mean.map(|m| (m, group)))
+            })
+            .collect::<Result<_>>()?
+    } else {
+        vec![None; chosen.len()]
+    };
     // Layers in parallel (each result depends only on its own weights, so the output is the
     // same for any thread count); the kernel also splits large layers over channels.
-    let quantized: Vec<weights::QuantizedWeight> = {
+    let (quantized, bn_shifts): (Vec<weights::QuantizedWeight>, Vec<Option<Vec<f64>>>) = {
         use rayon::prelude::*;
         chosen
             .par_iter()
             .zip(inputs.par_iter())
             .zip(integer_layers.par_iter())
-            .map(|((target, (w, layout)), integer)| {
+            .zip(bn_means.par_iter())
+            .map(|(((target, (w, layout)), integer), bn_mean)| {
                 // Per-channel scales are applied in the rescale (or a per-axis
                 // DequantizeLinear); ConvTranspose keeps one scale (its output channels are
                 // not an axis of the weight when grouped).
@@ -720,16 +745,22 @@ pub fn quantize(
                     && !matches!(layout, Layout::ConvTranspose { .. })
                     && !(cfg.format == emit::Format::Qdq && *layout == Layout::ColumnsAreOutputs)
                     && (*integer || per_axis_ok);
-                weights::quantize_weight(
+                let qw = weights::quantize_weight(
                     &target.weight,
                     w,
                     *layout,
                     cfg.weight_bits,
                     cfg.rounding,
                     per_channel,
-                )
+                )?;
+                let shift = bn_mean.as_ref().and_then(|(mean, group)| {
+                    super::bias_correction::bias_shift(w, &qw, *layout, *group, mean)
+                });
+                Ok((qw, shift))
             })
             .collect::<Result<Vec<_>>>()?
+            .into_iter()
+            .unzip()
     };
     stage("squant", tw, &mut timings);
     let squant_time = tw.elapsed();
@@ -803,11 +834,6 @@ pub fn quantize(
     // else from the per-channel means of the noise / calibration pass.
     let mut corrected = 0usize;
     if cfg.correct_bias {
-        let stats_dists = if bn.is_empty() {
-            ranges::bn_ranges(&model.graph, &fold.stats, cfg.bn_sigmas)?
-        } else {
-            bn.clone()
-        };
         // Initializers change, nodes do not: one producer index and one name set serve all.
         let producers: std::collections::HashMap<String, usize> = model
             .graph
@@ -816,20 +842,26 @@ pub fn quantize(
             .map(|(k, v)| (k.to_string(), v))
             .collect();
         let mut names = crate::graph::names::NameGen::new(model.graph.taken_names());
-        for ((target, (w, layout)), qw) in chosen.iter().zip(&inputs).zip(&quantized) {
-            let node = model.graph.nodes[target.node].clone();
-            let x = node.input(0).unwrap_or("");
-            let from_bn = stats_dists
-                .get(x)
-                .and_then(|d| d.moments.as_ref())
-                .map(|m| m.iter().map(|c| c.mean).collect::<Vec<f64>>());
-            let from_data = || observed.get(x).and_then(Observed::channel_means);
-            let Some(mean) = from_bn.or_else(from_data) else {
-                continue;
+        for (((target, (w, layout)), qw), (bn_mean, shift)) in chosen
+            .iter()
+            .zip(&inputs)
+            .zip(&quantized)
+            .zip(bn_means.iter().zip(bn_shifts))
+        {
+            let delta = match (bn_mean, shift) {
+                (Some(_), shift) => shift,
+                (None, _) => {
+                    let node = &model.graph.nodes[target.node];
+                    let group = node.attr_int("group")?.unwrap_or(1).max(1) as usize;
+                    observed
+                        .get(node.input(0).unwrap_or(""))
+                        .and_then(Observed::channel_means)
+                        .and_then(|mean| {
+                            super::bias_correction::bias_shift(w, qw, *layout, group, &mean)
+                        })
+                }
             };
-            let group = node.attr_int("group")?.unwrap_or(1).max(1) as usize;
-            let Some(delta) = super::bias_correction::bias_shift(w, qw, *layout, group, &mean)
-            else {
+            let Some(delta) = delta else {
                 continue;
             };
             if apply_bias_shift(model, &mut names, &producers, target.node, &delta)? {
