@@ -234,3 +234,56 @@ fn auto_uses_dfq_where_cle_reaches_few_convolutions() {
     };
     assert_ne!(scales(&auto), scales(&on));
 }
+
+#[test]
+fn a_weight_shared_with_another_layer_is_left_intact() {
+    // x → Conv(w1) → Relu → Conv(w2) → y is equalized; z → Conv(w2) → y2 shares w2. CLE must
+    // give its B layer a new weight and leave w2 (which it could otherwise rescale in place)
+    // to the other layer.
+    use crate::common::build::{seeded, Builder};
+    let p = Builder::new(13)
+        .input("x", &[1, 3, 6, 6])
+        .input("z", &[1, 4, 6, 6])
+        .init("w1", &[4, 3, 1, 1], {
+            let mut w = seeded(12, 3);
+            for (i, v) in w.iter_mut().enumerate() {
+                *v *= [0.05, 1.0, 8.0, 0.3][i / 3];
+            }
+            w
+        })
+        .init("w2", &[5, 4, 1, 1], seeded(20, 4))
+        .node("Conv", &["x", "w1"], &["c1"], vec![])
+        .node("Relu", &["c1"], &["r1"], vec![])
+        .node("Conv", &["r1", "w2"], &["y"], vec![])
+        .node("Conv", &["z", "w2"], &["y2"], vec![])
+        .output("y")
+        .output("y2")
+        .build();
+    let mut m = Model::from_proto(p.clone()).unwrap();
+    let mut stats = Default::default();
+    let r = equalize(&mut m, &mut stats, &opts(Relu6::PerChannel, false)).unwrap();
+    assert_eq!(r.pairs.len(), 1, "{r:?}");
+    m.graph.check().unwrap();
+    let producers = m.graph.producers();
+    let shared = m.graph.constant_f32("w2", &producers).unwrap().unwrap();
+    assert_eq!(shared.iter().copied().collect::<Vec<f32>>(), seeded(20, 4));
+    let (x, z) = (
+        seeded_uniform(&[1, 3, 6, 6], 8, -2.0, 2.0),
+        seeded_uniform(&[1, 4, 6, 6], 9, -2.0, 2.0),
+    );
+    let run = |b: &[u8]| {
+        TractModel::load(Source::Bytes(b), &[x.shape().to_vec(), z.shape().to_vec()])
+            .unwrap()
+            .run(&[x.clone(), z.clone()])
+            .unwrap()
+    };
+    let (a, b) = (run(&p.encode_to_vec()), run(&m.to_proto().encode_to_vec()));
+    for (k, (ya, yb)) in a.iter().zip(&b).enumerate() {
+        let scale = ya.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let err = ya
+            .iter()
+            .zip(yb.iter())
+            .fold(0f32, |m, (p, q)| m.max((p - q).abs()));
+        assert!(err <= 1e-4 * scale, "output {k}: error {err} of {scale}");
+    }
+}
