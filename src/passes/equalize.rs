@@ -593,7 +593,8 @@ pub fn equalize(
             let next_b = pairs
                 .get(k + 1)
                 .filter(|n| n.noise.is_some() && n.b != p.a && n.b != p.b)
-                .map(|n| n.b);
+                .map(|n| n.b)
+                .filter(|nb| layers.contains_key(nb));
             let t = total.get(&p.a).map(Vec::as_slice).unwrap_or(&[]);
             let start = centres.entry(p.a).or_insert(None);
             let mut scales = |la: &Layer, lb: &Layer| match &p.noise {
@@ -605,7 +606,9 @@ pub fn equalize(
                     [Some(la), Some(lb), Some(ln)] => {
                         rayon::join(|| scales(la, lb), || ln.refresh_columns(true)).0
                     }
-                    _ => vec![1.0; layers[&p.a].out_s.len()],
+                    // Unreachable: every pair's layers are loaded (checked above) and the
+                    // three keys differ.
+                    _ => vec![1.0; p.noise.as_ref().map_or(0, |n| n.range.len())],
                 },
                 None => scales(&layers[&p.a], &layers[&p.b]),
             };
