@@ -639,8 +639,12 @@ pub fn quantize(
         }
         _ => BTreeMap::new(),
     };
+    // BN moments pushed through a layer assume independent inputs and come out narrow: those
+    // ranges take the noise pass's where it is wider (`ranges::through_layers`).
+    let through_layers = ranges::through_layers(&model.graph, &bn)?;
     enum Source {
         Dist(Dist),
+        Widen(Dist),
         Input(f64, f64),
         Observe,
         Float(String),
@@ -667,9 +671,11 @@ pub fn quantize(
             }
         } else {
             match cfg.act_ranges {
-                ActRanges::Auto | ActRanges::NoiseChannels => {
-                    bn.get(&x).cloned().map_or(Source::Observe, Source::Dist)
-                }
+                ActRanges::Auto | ActRanges::NoiseChannels => match bn.get(&x) {
+                    Some(d) if through_layers.contains(&x) => Source::Widen(d.clone()),
+                    Some(d) => Source::Dist(d.clone()),
+                    None => Source::Observe,
+                },
                 ActRanges::Bn => bn.get(&x).cloned().map_or_else(
                     || {
                         Source::Float(format!(
@@ -768,7 +774,7 @@ pub fn quantize(
     let mut observe_values: Vec<String> = chosen
         .iter()
         .zip(&sources)
-        .filter(|(_, s)| matches!(s, Source::Observe))
+        .filter(|(_, s)| matches!(s, Source::Observe | Source::Widen(_)))
         .map(|(t, _)| model.graph.nodes[t.node].input(0).unwrap_or("").to_string())
         .collect();
     // QDQ also quantizes layer outputs that do not feed another quantized layer directly
@@ -877,6 +883,28 @@ pub fn quantize(
     // 5. Plans.
     let qmax_u = f64::from((1u32 << cfg.act_bits) - 1);
     let qmax_s = f64::from((1u32 << (cfg.act_bits - 1)) - 1);
+    // The range a noise or calibration pass gives a tensor, and its rule.
+    let noise_alpha = |o: &Observed| -> (f64, RangeRule) {
+        let alpha = match (cfg.act_ranges, cfg.calibration_method) {
+            (ActRanges::Calibrate, CalibrationMethod::MinMax) => o.max_abs(),
+            (ActRanges::Calibrate, CalibrationMethod::Percentile(p)) => o.percentile(p),
+            // The BN-analytic rule on per-channel statistics of the noise pass.
+            (ActRanges::Auto | ActRanges::NoiseChannels, _) => o
+                .channel_gaussian_bound(cfg.noise_sigmas)
+                .unwrap_or_else(|| o.sigma_rule(cfg.act_bits).0),
+            _ => o.sigma_rule(cfg.act_bits).0,
+        };
+        let rule = match cfg.act_ranges {
+            ActRanges::Calibrate => RangeRule::Calibrate,
+            ActRanges::Auto | ActRanges::NoiseChannels
+                if o.channel_gaussian_bound(cfg.noise_sigmas).is_some() =>
+            {
+                RangeRule::NoiseChannels
+            }
+            _ => RangeRule::Noise,
+        };
+        (alpha, rule)
+    };
     let mut plans = Vec::new();
     let mut layers = Vec::new();
     for ((target, qw), src) in chosen.iter().zip(quantized).zip(sources) {
@@ -890,26 +918,20 @@ pub fn quantize(
             Source::Dist(d) => ((d.lo, d.hi), Some(d.rule), None, None),
             Source::Input(lo, hi) => ((lo, hi), Some(RangeRule::InputRange), None, None),
             Source::Float(why) => ((0.0, 0.0), None, None, Some(why)),
+            Source::Widen(d) => match observed.get(&x) {
+                Some(o) => {
+                    let (alpha, rule) = noise_alpha(o);
+                    if alpha > d.lo.abs().max(d.hi.abs()) {
+                        ((-alpha, alpha), Some(rule), Some(o.clone()), None)
+                    } else {
+                        ((d.lo, d.hi), Some(d.rule), Some(o.clone()), None)
+                    }
+                }
+                None => ((d.lo, d.hi), Some(d.rule), None, None),
+            },
             Source::Observe => match observed.get(&x) {
                 Some(o) => {
-                    let alpha = match (cfg.act_ranges, cfg.calibration_method) {
-                        (ActRanges::Calibrate, CalibrationMethod::MinMax) => o.max_abs(),
-                        (ActRanges::Calibrate, CalibrationMethod::Percentile(p)) => o.percentile(p),
-                        // The BN-analytic rule on per-channel statistics of the noise pass.
-                        (ActRanges::Auto | ActRanges::NoiseChannels, _) => o
-                            .channel_gaussian_bound(cfg.noise_sigmas)
-                            .unwrap_or_else(|| o.sigma_rule(cfg.act_bits).0),
-                        _ => o.sigma_rule(cfg.act_bits).0,
-                    };
-                    let rule = match cfg.act_ranges {
-                        ActRanges::Calibrate => RangeRule::Calibrate,
-                        ActRanges::Auto | ActRanges::NoiseChannels
-                            if o.channel_gaussian_bound(cfg.noise_sigmas).is_some() =>
-                        {
-                            RangeRule::NoiseChannels
-                        }
-                        _ => RangeRule::Noise,
-                    };
+                    let (alpha, rule) = noise_alpha(o);
                     ((-alpha, alpha), Some(rule), Some(o.clone()), None)
                 }
                 None => (
