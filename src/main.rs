@@ -117,14 +117,16 @@ Examples:
   isquant quantize model.onnx -o out.onnx --act-ranges calibrate --calibrate inputs/
 
 Activation ranges (--act-ranges):
-  auto       BN statistics where they reach a tensor (the BN-analytic rule), SQuant's noise
-             rule elsewhere (default)
-  noise-channels  like auto, but where BN is gone the BN-analytic rule on per-channel noise
-             statistics of feature maps (better on BN-folded exports such as MobileNetV2)
+  auto       BN statistics where they reach a tensor (the BN-analytic rule, mean +- 6 std per
+             channel); where BN is gone (BN-folded exports, models without BN) the same rule
+             on per-channel statistics of a seeded N(0,1) noise pass (mean +- 4 std); BN
+             moments pushed through a Conv/Gemm/MatMul widen to that pass where it is wider;
+             tensors that are not feature maps keep SQuant's rule on that pass (default)
+  noise-channels  the old name of auto
   bn         BN statistics only; tensors they do not reach keep a float input
   noise      SQuant's rule: a seeded batch of U[0,1) noise through the float model (tract),
              alpha = k*std (k = 25 at 8 bits, 14 at 6, 12 at 4), /1.25 for signed tensors
-  calibrate  your own inputs (--calibrate DIR of float32 .npy files), max|x| or a percentile
+  calibrate  your own inputs (--calibrate DIR: images, .npy or IDX), max|x| or a percentile
 
 The model input has no statistics: give --input-range LO:HI (or --preset imagenet) to quantize
 the first layer's input too; otherwise that layer keeps a float input and int8 weights.";

@@ -398,18 +398,12 @@ fn layout_of(model: &Model, t: &Target) -> Result<Layout> {
     })
 }
 
-/// Inputs for a forward pass: `batch` images of the model's input shape, where the batch
-/// dimension is symbolic; else `batch` runs of the fixed shape. Values from `fill`.
+/// The shape of the model's one input for a forward pass: `input_shape` if given, else the
+/// declared shape; only the batch dimension may stay open.
 ///
 /// # Errors
 /// Several inputs, or dimensions other than the batch left open without `input_shape`.
-pub fn forward_batches(
-    model: &Model,
-    input_shape: Option<&[usize]>,
-    batch: usize,
-    chunk: usize,
-    mut fill: impl FnMut(&[usize], usize) -> ArrayD<f32>,
-) -> Result<Vec<Vec<ArrayD<f32>>>> {
+pub fn forward_shape(model: &Model, input_shape: Option<&[usize]>) -> Result<Vec<Option<usize>>> {
     let inputs = model.graph.real_inputs();
     let [input] = inputs.as_slice() else {
         return Err(Error::Config(format!(
@@ -433,6 +427,22 @@ pub fn forward_batches(
             shown.join(", ")
         )));
     }
+    Ok(shape)
+}
+
+/// Inputs for a forward pass: `batch` images of the model's input shape, where the batch
+/// dimension is symbolic; else `batch` runs of the fixed shape. Values from `fill`.
+///
+/// # Errors
+/// Several inputs, or dimensions other than the batch left open without `input_shape`.
+pub fn forward_batches(
+    model: &Model,
+    input_shape: Option<&[usize]>,
+    batch: usize,
+    chunk: usize,
+    mut fill: impl FnMut(&[usize], usize) -> ArrayD<f32>,
+) -> Result<Vec<Vec<ArrayD<f32>>>> {
+    let shape = forward_shape(model, input_shape)?;
     let fixed_batch = shape[0];
     let rest: Vec<usize> = shape.iter().skip(1).map(|d| d.unwrap_or(1)).collect();
     let mut out = Vec::new();
@@ -771,6 +781,17 @@ pub fn quantize(
     stage("squant", tw, &mut timings);
     let squant_time = tw.elapsed();
 
+    // Widening is a refinement: where nothing else needs the noise pass and it cannot run (an
+    // open input shape without --input-shape), the propagated ranges stay.
+    if !sources.iter().any(|s| matches!(s, Source::Observe))
+        && forward_shape(model, cfg.input_shape.as_deref()).is_err()
+    {
+        for s in &mut sources {
+            if let Source::Widen(d) = s {
+                *s = Source::Dist(d.clone());
+            }
+        }
+    }
     let mut observe_values: Vec<String> = chosen
         .iter()
         .zip(&sources)
