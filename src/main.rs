@@ -205,7 +205,8 @@ struct InputArgs {
     /// Inputs per run (default: 16 when the batch dimension is free, else the fixed batch).
     #[arg(long)]
     batch: Option<usize>,
-    /// Compare every quantized layer's output and list the worst first.
+    /// Compare every quantized layer's output and list the worst first (values cross-layer
+    /// equalization rescaled are compared up to one gain per channel, marked `*`).
     #[arg(long)]
     per_layer: bool,
     /// Write the metrics as JSON.
@@ -1148,7 +1149,7 @@ fn run_validation(
             .unwrap_or(5)
             .max(5);
         out!(
-            "  {:<w$} {:<26} {:>8} {:>8} {:>10} {:>10}",
+            "  {:<w$} {:<26} {:>8}  {:>8} {:>10} {:>10}",
             "value",
             "op",
             "SQNR dB",
@@ -1159,14 +1160,18 @@ fn run_validation(
         for l in &v.layers {
             let f = |x: Option<f32>| x.map_or("-".to_string(), |v| format!("{v:.3e}"));
             out!(
-                "  {:<w$} {:<26} {:>8.2} {:>8.2} {:>10} {:>10}",
+                "  {:<w$} {:<26} {:>8.2}{} {:>8.2} {:>10} {:>10}",
                 l.value,
                 l.op,
                 l.sqnr_db,
+                if l.rescaled { "*" } else { " " },
                 l.local_sqnr_db,
                 f(l.act_scale),
                 f(l.weight_scale)
             );
+        }
+        if v.layers.iter().any(|l| l.rescaled) {
+            out!("           * rescaled per channel by cross-layer equalization: compared up to one gain per channel");
         }
     }
     if let Some(dir) = &a.save_tensors {

@@ -227,6 +227,88 @@ pub fn top_k(row: &[f32], k: usize) -> Vec<usize> {
     idx
 }
 
+/// Per-channel sums (channel axis 1) for comparing a tensor up to one positive gain per
+/// channel: cross-layer equalization divides channel `i` of the values between two equalized
+/// layers by `s_i` (the int8 model lists them under [`RESCALED_KEY`]), so the int8 model holds
+/// `f_i / s_i + noise` where the float model holds `f_i`. With `g_i = Σ f·q / Σ q²` (the
+/// least-squares gain; none when `Σ f·q ≤ 0`) the residual is `Σ f² − g_i·Σ f·q` per channel,
+/// and the SQNR is `10·log10(Σ f² / Σ_i residual_i)`. One gain per channel absorbs next to
+/// nothing of real quantization noise (thousands of values per channel).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ChannelFit {
+    ff: Vec<f64>,
+    fq: Vec<f64>,
+    qq: Vec<f64>,
+}
+
+impl ChannelFit {
+    /// Accumulates `reference` vs `candidate` (same shape; a tensor of rank < 2 is one channel).
+    pub fn add(&mut self, reference: &ArrayD<f32>, candidate: &ArrayD<f32>) {
+        let shape = reference.shape();
+        let c = if shape.len() >= 2 { shape[1].max(1) } else { 1 };
+        let inner: usize = shape.iter().skip(2).product::<usize>().max(1);
+        if self.ff.len() != c {
+            *self = ChannelFit {
+                ff: vec![0.0; c],
+                fq: vec![0.0; c],
+                qq: vec![0.0; c],
+            };
+        }
+        for (k, (&x, &y)) in reference.iter().zip(candidate.iter()).enumerate() {
+            let ch = if shape.len() >= 2 { (k / inner) % c } else { 0 };
+            let (x, y) = (f64::from(x), f64::from(y));
+            self.ff[ch] += x * x;
+            self.fq[ch] += x * y;
+            self.qq[ch] += y * y;
+        }
+    }
+
+    /// Merges another partial sum (of the same tensor).
+    pub fn merge(&mut self, o: &ChannelFit) {
+        if self.ff.is_empty() {
+            self.clone_from(o);
+            return;
+        }
+        for (a, b) in [
+            (&mut self.ff, &o.ff),
+            (&mut self.fq, &o.fq),
+            (&mut self.qq, &o.qq),
+        ] {
+            for (x, y) in a.iter_mut().zip(b) {
+                *x += y;
+            }
+        }
+    }
+
+    /// SQNR in dB after the best non-negative gain per channel.
+    #[must_use]
+    pub fn sqnr_db(&self) -> f64 {
+        let signal: f64 = self.ff.iter().sum();
+        let residual: f64 = self
+            .ff
+            .iter()
+            .zip(&self.fq)
+            .zip(&self.qq)
+            .map(|((&ff, &fq), &qq)| {
+                if qq > 0.0 && fq > 0.0 {
+                    (ff - fq * fq / qq).max(0.0)
+                } else {
+                    ff
+                }
+            })
+            .sum();
+        if residual <= 0.0 {
+            f64::INFINITY
+        } else {
+            10.0 * (signal / residual).log10()
+        }
+    }
+}
+
+/// Metadata key of an int8 model (`metadata_props`): the values cross-layer equalization
+/// divided per channel, one per line. `--per-layer` compares those with [`ChannelFit`].
+pub const RESCALED_KEY: &str = "isquant.rescaled";
+
 /// Metrics of one model output.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct OutputMetrics {
@@ -259,10 +341,16 @@ pub struct LayerMetrics {
     /// The int8 op computing it (`ConvInteger`, `MatMulInteger`, or the float op for
     /// weight-only layers).
     pub op: String,
-    /// SQNR of the int8 model's tensor against the float model's, dB.
+    /// SQNR of the int8 model's tensor against the float model's, dB; for a value
+    /// cross-layer equalization rescaled (`rescaled`), after the best gain per channel
+    /// ([`ChannelFit`]).
     #[serde(serialize_with = "finite_or_string")]
     pub sqnr_db: f64,
-    /// Cosine similarity.
+    /// Cross-layer equalization rescaled this value per channel (the int8 model's
+    /// [`RESCALED_KEY`] metadata lists it), so `sqnr_db` compares it up to one gain per
+    /// channel; so does `input_sqnr_db` for a rescaled input.
+    pub rescaled: bool,
+    /// Cosine similarity (without any fit).
     pub cosine: f64,
     /// SQNR of the layer's input in the int8 model (infinite for the model input).
     #[serde(serialize_with = "finite_or_string")]
@@ -561,7 +649,7 @@ pub fn validate(
         kept: Option<(ArrayD<f32>, ArrayD<f32>)>,
         outputs: Vec<(Sums, Vec<usize>)>,
         rows: Vec<Vec<(Vec<usize>, Vec<usize>)>>,
-        layers: Vec<Sums>,
+        layers: Vec<(Sums, ChannelFit)>,
     }
     let run_batch = |(k, chunk): (usize, &&[crate::inputs::Sample])| -> Result<Partial> {
         let refs: Vec<&crate::inputs::Sample> = chunk.iter().collect();
@@ -595,10 +683,12 @@ pub fn validate(
         let layers = (0..extra.len())
             .map(|l| {
                 let mut s = Sums::default();
+                let mut fit = ChannelFit::default();
                 if let (Some(x), Some(y)) = (a.get(n_out + l), b.get(n_out + l)) {
                     s.add(x, y);
+                    fit.add(x, y);
                 }
-                s
+                (s, fit)
             })
             .collect();
         let d = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
@@ -691,25 +781,40 @@ pub fn validate(
             int8_accuracy: frac(acc_q, n_lab),
         });
     }
-    let merged = |name: &str| -> Option<Sums> {
+    let rescaled_values: std::collections::HashSet<String> = int8
+        .metadata()
+        .into_iter()
+        .filter(|(k, _)| k == RESCALED_KEY)
+        .flat_map(|(_, v)| v.lines().map(str::to_string).collect::<Vec<_>>())
+        .collect();
+    // (sums, SQNR in dB, rescaled per channel).
+    let merged = |name: &str| -> Option<(Sums, f64, bool)> {
         let l = extra.iter().position(|v| v == name)?;
         let mut s = Sums::default();
+        let mut fit = ChannelFit::default();
         for part in &partials {
-            if let Some(x) = part.layers.get(l) {
+            if let Some((x, f)) = part.layers.get(l) {
                 s.merge(x);
+                fit.merge(f);
             }
         }
-        Some(s)
+        let rescaled = rescaled_values.contains(name);
+        let db = if rescaled { fit.sqnr_db() } else { s.sqnr_db() };
+        Some((s, db, rescaled))
     };
     let mut layers: Vec<LayerMetrics> = probes
         .iter()
         .map(|p| {
-            let s = merged(&p.value).unwrap_or_default();
+            let (s, sqnr, rescaled) = merged(&p.value).unwrap_or_else(|| {
+                let s = Sums::default();
+                let db = s.sqnr_db();
+                (s, db, false)
+            });
             let input_sqnr = p
                 .input
                 .as_deref()
                 .and_then(merged)
-                .map_or(f64::INFINITY, |i| i.sqnr_db());
+                .map_or(f64::INFINITY, |(_, db, _)| db);
             let noise = |db: f64| {
                 if db.is_finite() {
                     10f64.powf(-db / 10.0)
@@ -717,11 +822,12 @@ pub fn validate(
                     0.0
                 }
             };
-            let local = noise(s.sqnr_db()) - noise(input_sqnr);
+            let local = noise(sqnr) - noise(input_sqnr);
             LayerMetrics {
                 value: p.value.clone(),
                 op: p.op.clone(),
-                sqnr_db: s.sqnr_db(),
+                sqnr_db: sqnr,
+                rescaled,
                 cosine: s.cosine(),
                 input_sqnr_db: input_sqnr,
                 local_sqnr_db: if local > 0.0 {
@@ -752,6 +858,42 @@ pub fn validate(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn channel_fit_ignores_a_gain_per_channel_and_keeps_noise() {
+        // [N=2, C=3, 4] values; the candidate is channel c divided by (c + 1) · 0.5.
+        let f = ArrayD::from_shape_fn(IxDyn(&[2, 3, 4]), |i| {
+            ((i[0] * 12 + i[1] * 4 + i[2]) as f32 * 0.37).sin() + 0.1
+        });
+        let gains = [0.5f32, 1.0, 1.5];
+        let q = ArrayD::from_shape_fn(IxDyn(&[2, 3, 4]), |i| f[[i[0], i[1], i[2]]] / gains[i[1]]);
+        let mut fit = ChannelFit::default();
+        fit.add(&f, &q);
+        assert!(fit.sqnr_db() > 100.0, "{}", fit.sqnr_db());
+        let mut plain = Sums::default();
+        plain.add(&f, &q);
+        assert!(plain.sqnr_db() < 10.0, "{}", plain.sqnr_db());
+        // Noise stays noise: a 1 % perturbation that is not a gain keeps ~40 dB.
+        let noisy = ArrayD::from_shape_fn(IxDyn(&[2, 3, 4]), |i| {
+            q[[i[0], i[1], i[2]]] + 0.01 * ((i[2] as f32 * 2.1).cos())
+        });
+        let mut fit = ChannelFit::default();
+        fit.add(&f, &noisy);
+        let db = fit.sqnr_db();
+        assert!(db > 25.0 && db < 60.0, "{db}");
+        // Merging two halves gives the same as one pass.
+        let mut a = ChannelFit::default();
+        a.add(&f, &noisy);
+        let mut b = ChannelFit::default();
+        b.merge(&a);
+        b.merge(&a);
+        assert!((b.sqnr_db() - db).abs() < 1e-9);
+        // A sign flip is not a gain: its whole energy is residual.
+        let neg = f.mapv(|v| -v);
+        let mut fit = ChannelFit::default();
+        fit.add(&f, &neg);
+        assert!(fit.sqnr_db().abs() < 1e-9, "{}", fit.sqnr_db());
+    }
 
     #[test]
     fn seeded_normal_is_standard_normal_and_deterministic() {

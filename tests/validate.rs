@@ -283,3 +283,57 @@ fn quantize_validate_prints_accuracy_on_each_fixtures_labeled_data() {
         );
     }
 }
+
+/// ppocr-textline-cls gets CLE by default (6 pairs): the values between equalized layers are
+/// divided per channel in the int8 model, which a plain comparison reads as noise (−0.7 to
+/// 7 dB here before). The int8 model lists them in its metadata and `--per-layer` compares
+/// them up to one gain per channel, marked `*`.
+#[test]
+fn per_layer_compares_values_cle_rescaled_up_to_a_gain_per_channel() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("q.onnx");
+    let json = dir.path().join("v.json");
+    let model = fixture("ppocr-textline-cls.onnx");
+    let r = isquant(&[
+        "quantize",
+        model.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--input-shape",
+        "1,3,48,192",
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let r = isquant(&[
+        "validate",
+        model.to_str().unwrap(),
+        out.to_str().unwrap(),
+        fixture("data/page-rotations").to_str().unwrap(),
+        "--resize",
+        "48x192",
+        "--mean",
+        "0.5",
+        "--std",
+        "0.5",
+        "--per-layer",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(
+        r.stdout
+            .contains("* rescaled per channel by cross-layer equalization"),
+        "{}",
+        r.stdout
+    );
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let layers = v["layers"].as_array().unwrap();
+    let rescaled: Vec<f64> = layers
+        .iter()
+        .filter(|l| l["rescaled"] == true)
+        .map(|l| l["sqnr_db"].as_f64().unwrap())
+        .collect();
+    assert!(rescaled.len() >= 5, "{rescaled:?}");
+    assert!(rescaled.iter().all(|&db| db > 15.0), "{rescaled:?}");
+    // The others are compared as before (no fit).
+    assert!(layers.iter().any(|l| l["rescaled"] == false));
+}

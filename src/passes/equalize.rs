@@ -70,6 +70,10 @@ pub struct EqualizeReport {
     pub passes: usize,
     /// ReLU6 nodes rewritten (per-channel bound, or replaced by Relu).
     pub relu6_rewritten: usize,
+    /// Values now divided per channel by the scales (A's output and the activation after it;
+    /// names as in the original model): `validate --per-layer` compares them up to a gain per
+    /// channel.
+    pub rescaled: Vec<String>,
     /// With `--relu6 relu`: how much replacing ReLU6 by Relu changed the float model.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub float_change: Option<FloatChange>,
@@ -763,6 +767,11 @@ pub fn equalize(
         let an = model.graph.nodes[p.a].display_name();
         let bname = model.graph.nodes[p.b].display_name();
         report.pairs.push((an, bname));
+        for n in std::iter::once(p.a).chain(p.act) {
+            report
+                .rescaled
+                .extend(model.graph.nodes[n].outputs.first().cloned());
+        }
         let scales = &total[&p.a];
         if let Some(y) = model.graph.nodes[p.a].outputs.first().cloned() {
             if let Some(st) = stats.get_mut(&y) {

@@ -1088,6 +1088,9 @@ pub fn quantize(
         "ISQuant: BatchNormalization folded, per-tensor symmetric int8 weights (zero-point 0) rounded with SQuant, data-free activation scales",
     );
     model.set_metadata("isquant.config", &config_summary(cfg));
+    if let Some(e) = report.equalized.as_ref().filter(|e| !e.rescaled.is_empty()) {
+        model.set_metadata(crate::validate::RESCALED_KEY, &e.rescaled.join("\n"));
+    }
     Ok(report)
 }
 
