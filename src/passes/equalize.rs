@@ -72,7 +72,8 @@ pub struct EqualizeReport {
     pub relu6_rewritten: usize,
     /// Values now divided per channel by the scales (A's output and the activation after it;
     /// names as in the original model): `validate --per-layer` compares them up to a gain per
-    /// channel.
+    /// channel. With `--absorb-bias` they are also shifted, which that comparison counts as
+    /// error.
     pub rescaled: Vec<String>,
     /// With `--relu6 relu`: how much replacing ReLU6 by Relu changed the float model.
     #[serde(skip_serializing_if = "Option::is_none")]
