@@ -4,13 +4,21 @@
 use crate::common::{fixture, isquant};
 
 fn quantized(dir: &std::path::Path, model: &str) -> std::path::PathBuf {
+    quantized_with(dir, model, &[])
+}
+
+/// `isquant quantize` of a fixture with extra flags; the output path.
+fn quantized_with(dir: &std::path::Path, model: &str, extra: &[&str]) -> std::path::PathBuf {
     let out = dir.join(format!("q-{model}"));
-    let r = isquant(&[
+    let fx = fixture(model);
+    let mut args = vec![
         "quantize",
-        fixture(model).to_str().unwrap(),
+        fx.to_str().unwrap(),
         "-o",
         out.to_str().unwrap(),
-    ]);
+    ];
+    args.extend_from_slice(extra);
+    let r = isquant(&args);
     assert_eq!(r.code, 0, "{}", r.stderr);
     out
 }
@@ -291,18 +299,13 @@ fn quantize_validate_prints_accuracy_on_each_fixtures_labeled_data() {
 #[test]
 fn per_layer_compares_values_cle_rescaled_up_to_a_gain_per_channel() {
     let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("q.onnx");
     let json = dir.path().join("v.json");
     let model = fixture("ppocr-textline-cls.onnx");
-    let r = isquant(&[
-        "quantize",
-        model.to_str().unwrap(),
-        "-o",
-        out.to_str().unwrap(),
-        "--input-shape",
-        "1,3,48,192",
-    ]);
-    assert_eq!(r.code, 0, "{}", r.stderr);
+    let out = quantized_with(
+        dir.path(),
+        "ppocr-textline-cls.onnx",
+        &["--input-shape", "1,3,48,192"],
+    );
     let r = isquant(&[
         "validate",
         model.to_str().unwrap(),
