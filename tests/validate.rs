@@ -294,7 +294,7 @@ fn quantize_validate_prints_accuracy_on_each_fixtures_labeled_data() {
 
 /// ppocr-textline-cls gets CLE by default (6 pairs): the values between equalized layers are
 /// divided per channel in the int8 model, which a plain comparison reads as noise (−0.7 to
-/// 7 dB here before). The int8 model lists them in its metadata and `--per-layer` compares
+/// 12.7 dB here before). The int8 model lists them in its metadata and `--per-layer` compares
 /// them up to one gain per channel, marked `*`.
 #[test]
 fn per_layer_compares_values_cle_rescaled_up_to_a_gain_per_channel() {
