@@ -16,7 +16,8 @@ use crate::graph::{Graph, Model, Node};
 use crate::onnx::{tensor, DataType};
 
 /// A deployment runtime.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
 pub enum Target {
     /// tract 0.23.
     Tract,
@@ -25,20 +26,9 @@ pub enum Target {
     /// ONNX Runtime < 1.24 (CPU).
     OrtLegacy,
     /// TensorRT (its ONNX parser).
+    #[serde(rename = "tensorrt")]
+    #[value(name = "tensorrt")]
     TensorRt,
-}
-
-impl Target {
-    /// Parses a CLI name.
-    pub fn parse(s: &str) -> Option<Self> {
-        Some(match s {
-            "tract" => Target::Tract,
-            "ort" => Target::Ort,
-            "ort-legacy" => Target::OrtLegacy,
-            "tensorrt" => Target::TensorRt,
-            _ => return None,
-        })
-    }
 }
 
 /// One broken rule.

@@ -40,7 +40,7 @@ pub struct WeightStorage {
     pub sparse_initializers: usize,
 }
 
-/// A foldable Conv→BN pair.
+/// A BatchNormalization `fold-bn` folds, and where.
 #[derive(Debug, Clone, Serialize)]
 pub struct FoldablePair {
     /// The BatchNormalization node.
@@ -49,6 +49,8 @@ pub struct FoldablePair {
     pub layer: String,
     /// The layer's kind.
     pub kind: FoldKind,
+    /// `backward` (into the layer before it) or `forward` (into the layer after it).
+    pub direction: &'static str,
 }
 
 /// Everything `inspect` reports.
@@ -80,7 +82,7 @@ pub struct Inspection {
     pub weights: WeightStorage,
     /// `metadata_props`.
     pub metadata: Vec<(String, String)>,
-    /// BN nodes that can be folded.
+    /// BN nodes `fold-bn` (and `quantize`) fold, backward or forward.
     pub foldable_bn: Vec<FoldablePair>,
     /// BN nodes that cannot, with reasons.
     pub unfoldable_bn: Vec<Skip>,
@@ -156,6 +158,15 @@ pub fn inspect(model: &Model, path: &str, info: &LoadInfo) -> Result<Inspection>
                 bn: g.nodes[bn].display_name(),
                 layer: g.nodes[layer].display_name(),
                 kind,
+                direction: "backward",
+            }),
+            BnVerdict::Forward {
+                bn, layer, kind, ..
+            } => foldable_bn.push(FoldablePair {
+                bn: g.nodes[bn].display_name(),
+                layer: g.nodes[layer].display_name(),
+                kind,
+                direction: "forward",
             }),
             BnVerdict::Keep { bn, reason } => unfoldable_bn.push(Skip {
                 node: g.nodes[bn].display_name(),
@@ -278,14 +289,24 @@ pub fn render(i: &Inspection) -> String {
     for (k, v) in &i.metadata {
         let _ = writeln!(s, "metadata   {k} = {v:?}");
     }
+    let forward = i
+        .foldable_bn
+        .iter()
+        .filter(|p| p.direction == "forward")
+        .count();
     let _ = writeln!(
         s,
-        "\nBatchNormalization: {} foldable, {} not foldable",
+        "\nBatchNormalization: {} foldable ({} backward, {forward} forward), {} not foldable",
         i.foldable_bn.len(),
+        i.foldable_bn.len() - forward,
         i.unfoldable_bn.len()
     );
     for p in &i.foldable_bn {
-        let _ = writeln!(s, "  fold  {} -> {} ({:?})", p.bn, p.layer, p.kind);
+        let _ = writeln!(
+            s,
+            "  fold  {} -> {} ({:?}, {})",
+            p.bn, p.layer, p.kind, p.direction
+        );
     }
     for k in &i.unfoldable_bn {
         let _ = writeln!(s, "  keep  {}: {}", k.node, k.reason);

@@ -1,12 +1,18 @@
 //! isquant: data-free int8 quantization of ONNX CNNs.
 //!
-//! The pipeline (see `docs/architecture.md`): read a model ([`onnx::io`]) → editable graph
-//! ([`graph`]) → passes ([`passes`]) → write ([`onnx::io::write_model`]) → validate in tract.
+//! Read a model ([`load`]: [`onnx::io`] → the editable [`graph`]), quantize it
+//! ([`pipeline::quantize`], which runs the [`passes`]), write it ([`save`]) and compare it with
+//! the float model in tract ([`validate`]). `docs/architecture.md` has the module map.
 //!
 //! ```no_run
 //! use std::path::Path;
-//! let loaded = isquant::load(Path::new("fixtures/fmnist-small-bn.onnx"))?;
-//! println!("{} nodes", loaded.model.graph.nodes.len());
+//! let input = Path::new("fixtures/fmnist-small-bn.onnx");
+//! let loaded = isquant::load(input)?;
+//! let mut model = loaded.model.clone();
+//! let cfg = isquant::pipeline::QuantizeConfig::default();
+//! let report = isquant::pipeline::quantize(&mut model, &cfg, None, &mut |_| {})?;
+//! isquant::save(&model, Path::new("int8.onnx"), false, &loaded.source_files(input))?;
+//! println!("{} layers quantized", report.layers.len());
 //! # Ok::<(), isquant::Error>(())
 //! ```
 
@@ -16,15 +22,19 @@ pub mod error;
 pub mod graph;
 pub mod inputs;
 pub mod inspect;
+pub mod metrics;
 pub mod onnx;
 pub mod passes;
+pub mod pipeline;
+pub mod rng;
+pub mod runtime;
 pub mod squant;
 pub mod stats;
 pub mod validate;
 
 pub use error::{Error, Result};
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// A model loaded from disk, with what the reader found about its storage.
 #[derive(Debug, Clone)]
@@ -33,6 +43,68 @@ pub struct LoadedModel {
     pub model: graph::Model,
     /// Where weights were stored.
     pub info: onnx::io::LoadInfo,
+}
+
+impl LoadedModel {
+    /// The files this model was read from: `path` and the external data files beside it.
+    /// Outputs may overwrite none of them ([`save`], [`write_file`]).
+    #[must_use]
+    pub fn source_files(&self, path: &Path) -> Vec<PathBuf> {
+        let dir = path.parent().unwrap_or(Path::new(""));
+        std::iter::once(path.to_path_buf())
+            .chain(self.info.external_files.iter().map(|f| dir.join(f)))
+            .collect()
+    }
+}
+
+/// Writes `model` to `output` atomically (temporary file + rename), never over one of
+/// `protected` (see [`LoadedModel::source_files`]). With `external_data`, initializers of
+/// 1 kB or more go to `<output>.data` (done anyway past protobuf's 2 GiB limit).
+///
+/// # Errors
+/// `output` is protected; the directory is not writable; the model is too large.
+pub fn save(
+    model: &graph::Model,
+    output: &Path,
+    external_data: bool,
+    protected: &[PathBuf],
+) -> Result<onnx::io::Written> {
+    let external = if external_data {
+        onnx::io::ExternalData::Always
+    } else {
+        onnx::io::ExternalData::Auto
+    };
+    let protected: Vec<&Path> = protected.iter().map(PathBuf::as_path).collect();
+    onnx::io::write_model(&model.to_proto(), output, external, &protected)
+}
+
+/// Writes a file other than a model (a report, JSON metrics) atomically, never over one of
+/// `protected` (the input model, its data, the output model).
+///
+/// # Errors
+/// `path` is protected, or cannot be written.
+pub fn write_file(path: &Path, bytes: &[u8], protected: &[PathBuf]) -> Result<()> {
+    let protected: Vec<&Path> = protected.iter().map(PathBuf::as_path).collect();
+    onnx::io::refuse_overwriting(path, &protected)?;
+    onnx::io::write_atomic(path, bytes)
+}
+
+/// The command-line name of a choice (`clap::ValueEnum`): the one spelling of `--format`,
+/// `--rounding`, ... values, also used in reports and metadata.
+#[must_use]
+pub fn value_name<T: clap::ValueEnum>(v: &T) -> String {
+    v.to_possible_value()
+        .map(|p| p.get_name().to_string())
+        .unwrap_or_default()
+}
+
+/// The serialized name of a unit enum variant (as in the JSON report).
+#[must_use]
+pub fn serde_name<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_value(v)
+        .ok()
+        .and_then(|v| v.as_str().map(String::from))
+        .unwrap_or_default()
 }
 
 /// Reads a model file (resolving external data), builds the editable graph and checks it

@@ -65,7 +65,8 @@ use ndarray::{Array, Array3, ArrayView, ArrayView2, ArrayView3, ArrayViewMut2, D
 use rayon::prelude::*;
 
 /// Rounding mode: which SQuant stages run (`--mode` in the SQuant CLI).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
 pub enum Rounding {
     /// Round to nearest, ties to even (RTN).
     Nearest,

@@ -12,14 +12,22 @@
 //! never cached across edits.
 //!
 //! `Model::from_proto(m).to_proto() == m` holds for every valid model (tested on every fixture).
+//!
+//! Submodules: [`node`] (one node), [`constants`] (constant resolution), [`order`] (checks,
+//! topological order, clean-up), [`names`] (fresh names).
 
+mod constants;
 pub mod names;
+mod node;
+mod order;
+
+pub use constants::ConstantSource;
+pub use node::Node;
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
 use crate::error::{Error, Result};
 use crate::onnx::pb;
-use crate::onnx::{attrs, tensor};
 
 /// A model: the editable graph plus the verbatim rest of the `ModelProto`.
 #[derive(Debug, Clone, PartialEq)]
@@ -45,156 +53,6 @@ pub struct Graph {
     pub value_info: Vec<pb::ValueInfoProto>,
     /// Name, doc string, sparse initializers, quantization annotations, metadata: verbatim.
     rest: pb::GraphProto,
-}
-
-/// One node. The fields passes read are broken out; the rest of the `NodeProto` (doc string,
-/// overload, metadata, device configurations) is kept verbatim.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Node {
-    /// Node name ("" when the model has none).
-    pub name: String,
-    /// Operator type.
-    pub op_type: String,
-    /// Operator domain ("" = the default ONNX domain).
-    pub domain: String,
-    /// Input value names; "" marks an absent optional input.
-    pub inputs: Vec<String>,
-    /// Output value names.
-    pub outputs: Vec<String>,
-    /// Attributes, verbatim.
-    pub attributes: Vec<pb::AttributeProto>,
-    rest: pb::NodeProto,
-    /// Whether `name` / `domain` were present in the proto (kept for faithful write-back).
-    had_name: bool,
-    had_domain: bool,
-}
-
-/// Where a constant value came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ConstantSource {
-    /// A graph initializer.
-    Initializer,
-    /// A `Constant` node's output (index of the node).
-    ConstantNode(usize),
-}
-
-impl Node {
-    /// Creates a node in the default domain with no attributes.
-    pub fn new(
-        op_type: &str,
-        name: impl Into<String>,
-        inputs: Vec<String>,
-        outputs: Vec<String>,
-    ) -> Self {
-        let name = name.into();
-        Node {
-            had_name: !name.is_empty(),
-            name,
-            op_type: op_type.into(),
-            domain: String::new(),
-            inputs,
-            outputs,
-            attributes: Vec::new(),
-            rest: pb::NodeProto::default(),
-            had_domain: false,
-        }
-    }
-
-    /// Adds an attribute (builder style).
-    pub fn with_attr(mut self, attr: pb::AttributeProto) -> Self {
-        self.attributes.push(attr);
-        self
-    }
-
-    fn from_proto(mut p: pb::NodeProto) -> Self {
-        let had_name = p.name.is_some();
-        let had_domain = p.domain.is_some();
-        Node {
-            name: p.name.take().unwrap_or_default(),
-            op_type: p.op_type.take().unwrap_or_default(),
-            domain: p.domain.take().unwrap_or_default(),
-            inputs: std::mem::take(&mut p.input),
-            outputs: std::mem::take(&mut p.output),
-            attributes: std::mem::take(&mut p.attribute),
-            rest: p,
-            had_name,
-            had_domain,
-        }
-    }
-
-    fn to_proto(&self) -> pb::NodeProto {
-        let mut p = self.rest.clone();
-        p.input = self.inputs.clone();
-        p.output = self.outputs.clone();
-        p.name = (self.had_name || !self.name.is_empty()).then(|| self.name.clone());
-        p.op_type = Some(self.op_type.clone());
-        p.domain = (self.had_domain || !self.domain.is_empty()).then(|| self.domain.clone());
-        p.attribute = self.attributes.clone();
-        p
-    }
-
-    /// True for ops of the default ONNX domain ("" or "ai.onnx") with this `op_type`.
-    pub fn is(&self, op_type: &str) -> bool {
-        self.op_type == op_type && (self.domain.is_empty() || self.domain == "ai.onnx")
-    }
-
-    /// A name for messages: the node name, or `<op_type>#<outputs[0]>` when unnamed.
-    pub fn display_name(&self) -> String {
-        if self.name.is_empty() {
-            format!(
-                "{}->{}",
-                self.op_type,
-                self.outputs.first().map(String::as_str).unwrap_or("?")
-            )
-        } else {
-            self.name.clone()
-        }
-    }
-
-    /// Builds an [`Error::Node`] for this node.
-    pub fn error(&self, reason: impl Into<String>) -> Error {
-        Error::node(self.display_name(), &self.op_type, reason)
-    }
-
-    /// Input `i`, if present and not the empty "absent" marker.
-    pub fn input(&self, i: usize) -> Option<&str> {
-        self.inputs
-            .get(i)
-            .map(String::as_str)
-            .filter(|s| !s.is_empty())
-    }
-
-    /// INT attribute.
-    ///
-    /// # Errors
-    /// The attribute has another type.
-    pub fn attr_int(&self, name: &str) -> Result<Option<i64>> {
-        attrs::int(&self.attributes, name).map_err(|e| self.error(e))
-    }
-
-    /// INTS attribute.
-    ///
-    /// # Errors
-    /// The attribute has another type.
-    pub fn attr_ints(&self, name: &str) -> Result<Option<Vec<i64>>> {
-        attrs::ints(&self.attributes, name).map_err(|e| self.error(e))
-    }
-
-    /// FLOAT attribute.
-    ///
-    /// # Errors
-    /// The attribute has another type.
-    pub fn attr_float(&self, name: &str) -> Result<Option<f32>> {
-        attrs::float(&self.attributes, name).map_err(|e| self.error(e))
-    }
-
-    /// Replaces (or adds) an attribute by name.
-    pub fn set_attr(&mut self, attr: pb::AttributeProto) {
-        match self.attributes.iter_mut().find(|a| a.name == attr.name) {
-            Some(slot) => *slot = attr,
-            None => self.attributes.push(attr),
-        }
-    }
 }
 
 impl Model {
@@ -404,7 +262,7 @@ impl Graph {
         }
     }
 
-    fn reindex_initializers(&mut self) {
+    pub(super) fn reindex_initializers(&mut self) {
         self.initializer_index = self
             .initializers
             .iter()
@@ -418,6 +276,39 @@ impl Graph {
         self.inputs
             .iter()
             .filter(|i| self.initializer(i.name.as_deref().unwrap_or("")).is_none())
+            .collect()
+    }
+
+    /// Names of the real graph inputs (not initializers).
+    pub fn real_input_names(&self) -> Vec<String> {
+        self.real_inputs()
+            .iter()
+            .filter_map(|i| i.name.clone())
+            .collect()
+    }
+
+    /// The model's one real input: its name and declared dimensions (`None` for symbolic or
+    /// unknown ones). `what` names the feature that needs a single input, for the message.
+    ///
+    /// # Errors
+    /// The model has no input or several.
+    pub fn single_input(&self, what: &str) -> Result<(String, Vec<Option<usize>>)> {
+        let inputs = self.real_input_names();
+        let [name] = inputs.as_slice() else {
+            return Err(Error::Config(format!(
+                "{what} supports models with one input; this one has {}",
+                inputs.len()
+            )));
+        };
+        Ok((name.clone(), self.input_dims(name).unwrap_or_default()))
+    }
+
+    /// Value name → index of the node producing it, with owned keys (an index that outlives
+    /// the borrow of the graph: edits of initializers keep it valid, edits of nodes do not).
+    pub fn producer_index(&self) -> HashMap<String, usize> {
+        self.producers()
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
             .collect()
     }
 
@@ -477,301 +368,6 @@ impl Graph {
             .collect()
     }
 
-    /// Resolves a value to a constant tensor: an initializer, or the value of a `Constant`
-    /// node (attribute `value`, `value_float(s)` or `value_int(s)`), looking through `Identity`
-    /// nodes of constants. Returns `Ok(None)` for values computed at run time.
-    ///
-    /// # Errors
-    /// A `Constant` node whose attributes are malformed.
-    pub fn constant(&self, name: &str) -> Result<Option<(pb::TensorProto, ConstantSource)>> {
-        if let Some(t) = self.initializer(name) {
-            return Ok(Some((t.clone(), ConstantSource::Initializer)));
-        }
-        let producers = self.producers();
-        self.constant_with(name, &producers)
-    }
-
-    /// As [`Graph::constant`], with a producer index the caller already built.
-    ///
-    /// # Errors
-    /// As [`Graph::constant`].
-    pub fn constant_with(
-        &self,
-        name: &str,
-        producers: &HashMap<&str, usize>,
-    ) -> Result<Option<(pb::TensorProto, ConstantSource)>> {
-        let mut name = name;
-        // Identity chains are short; the bound only protects against malformed cycles.
-        for _ in 0..64 {
-            if let Some(t) = self.initializer(name) {
-                return Ok(Some((t.clone(), ConstantSource::Initializer)));
-            }
-            let Some(node) = producers.get(name).and_then(|&i| self.nodes.get(i)) else {
-                return Ok(None);
-            };
-            let i = producers.get(name).copied().unwrap_or_default();
-            if node.is("Identity") {
-                match node.input(0) {
-                    Some(src) => {
-                        name = src;
-                        continue;
-                    }
-                    None => return Ok(None),
-                }
-            }
-            if node.is("Reshape") {
-                return self.constant_reshape(node, producers);
-            }
-            if !node.is("Constant") {
-                return Ok(None);
-            }
-            return constant_node_value(node, name)
-                .map(|t| Some((t, ConstantSource::ConstantNode(i))));
-        }
-        Ok(None)
-    }
-
-    /// `Reshape(constant FLOAT data, constant shape)` folded to a constant (Paddle exports
-    /// put biases behind such Reshapes). `None` when either input is not constant.
-    fn constant_reshape(
-        &self,
-        node: &Node,
-        producers: &HashMap<&str, usize>,
-    ) -> Result<Option<(pb::TensorProto, ConstantSource)>> {
-        let (Some(data), Some(shape)) = (node.input(0), node.input(1)) else {
-            return Ok(None);
-        };
-        let (Some((d, src)), Some((s, _))) = (
-            self.constant_with(data, producers)?,
-            self.constant_with(shape, producers)?,
-        ) else {
-            return Ok(None);
-        };
-        let tensor::TensorData::F32(values) = tensor::to_array(&d)? else {
-            return Ok(None);
-        };
-        let Some(target) = tensor::to_array(&s)?.to_i64() else {
-            return Ok(None);
-        };
-        let mut dims: Vec<usize> = Vec::with_capacity(target.len());
-        let mut infer = None;
-        for (k, &t) in target.iter().enumerate() {
-            match t {
-                0 => dims.push(values.shape().get(k).copied().unwrap_or(1)),
-                -1 if infer.is_none() => {
-                    infer = Some(k);
-                    dims.push(1);
-                }
-                t if t > 0 => dims.push(t as usize),
-                _ => return Err(node.error(format!("invalid target shape {target:?}"))),
-            }
-        }
-        if let Some(k) = infer {
-            let known: usize = dims.iter().product();
-            if known == 0 || values.len() % known != 0 {
-                return Err(
-                    node.error(format!("cannot reshape {:?} to {target:?}", values.shape()))
-                );
-            }
-            dims[k] = values.len() / known;
-        }
-        let name = node.outputs.first().cloned().unwrap_or_default();
-        match values.into_shape_with_order(ndarray::IxDyn(&dims)) {
-            Ok(v) => Ok(Some((tensor::from_f32(&name, v), src))),
-            Err(e) => Err(node.error(format!("cannot reshape to {target:?}: {e}"))),
-        }
-    }
-
-    /// A constant value decoded as f32 (see [`Graph::constant`]).
-    ///
-    /// # Errors
-    /// As [`Graph::constant`], plus a non-float tensor.
-    pub fn constant_f32(
-        &self,
-        name: &str,
-        producers: &HashMap<&str, usize>,
-    ) -> Result<Option<ndarray::ArrayD<f32>>> {
-        match self.constant_with(name, producers)? {
-            Some((t, _)) => Ok(Some(tensor::to_f32(&t)?)),
-            None => Ok(None),
-        }
-    }
-
-    /// Checks that every node input exists (graph input, initializer or the output of some
-    /// node), that no value is produced twice and that the graph has no cycle.
-    ///
-    /// # Errors
-    /// Names the first offending node and value, or the nodes on a cycle.
-    pub fn check(&self) -> Result<()> {
-        let mut known: HashSet<&str> = self
-            .inputs
-            .iter()
-            .filter_map(|i| i.name.as_deref())
-            .collect();
-        known.extend(self.initializer_index.keys().map(String::as_str));
-        let mut produced: HashMap<&str, usize> = HashMap::new();
-        for (i, n) in self.nodes.iter().enumerate() {
-            for o in n.outputs.iter().filter(|o| !o.is_empty()) {
-                if let Some(prev) = produced.insert(o.as_str(), i) {
-                    return Err(n.error(format!(
-                        "output `{o}` is also produced by node `{}`",
-                        self.nodes[prev].display_name()
-                    )));
-                }
-            }
-        }
-        for n in &self.nodes {
-            for input in n.inputs.iter().filter(|s| !s.is_empty()) {
-                if !known.contains(input.as_str()) && !produced.contains_key(input.as_str()) {
-                    return Err(n.error(format!(
-                        "input `{input}` is not a graph input, an initializer or the output of any node"
-                    )));
-                }
-            }
-        }
-        for o in &self.outputs {
-            let name = o.name.as_deref().unwrap_or("");
-            if !known.contains(name) && !produced.contains_key(name) {
-                return Err(Error::Graph(format!(
-                    "graph output `{name}` is not produced by any node"
-                )));
-            }
-        }
-        self.topological_order().map(|_| ())
-    }
-
-    /// Node indices in a topological order (file order where the file is already sorted).
-    ///
-    /// # Errors
-    /// The graph has a cycle (the message lists some nodes on it).
-    pub fn topological_order(&self) -> Result<Vec<usize>> {
-        let producers = self.producers();
-        let n = self.nodes.len();
-        let mut indegree = vec![0usize; n];
-        let mut users: Vec<Vec<usize>> = vec![Vec::new(); n];
-        for (i, node) in self.nodes.iter().enumerate() {
-            let deps: HashSet<usize> = node
-                .inputs
-                .iter()
-                .filter_map(|s| producers.get(s.as_str()).copied())
-                .collect();
-            indegree[i] = deps.len();
-            for d in deps {
-                users[d].push(i);
-            }
-        }
-        // Min-heap by index keeps the file order when it is already valid.
-        let mut ready: std::collections::BinaryHeap<std::cmp::Reverse<usize>> = (0..n)
-            .filter(|&i| indegree[i] == 0)
-            .map(std::cmp::Reverse)
-            .collect();
-        let mut order = Vec::with_capacity(n);
-        while let Some(std::cmp::Reverse(i)) = ready.pop() {
-            order.push(i);
-            for &u in &users[i] {
-                indegree[u] -= 1;
-                if indegree[u] == 0 {
-                    ready.push(std::cmp::Reverse(u));
-                }
-            }
-        }
-        if order.len() < n {
-            let stuck: Vec<String> = (0..n)
-                .filter(|&i| indegree[i] > 0)
-                .take(5)
-                .map(|i| format!("`{}`", self.nodes[i].display_name()))
-                .collect();
-            return Err(Error::Graph(format!(
-                "the graph has a cycle through {} node(s), e.g. {}",
-                (0..n).filter(|&i| indegree[i] > 0).count(),
-                stuck.join(", ")
-            )));
-        }
-        Ok(order)
-    }
-
-    /// Reorders the nodes topologically (stable where already sorted).
-    ///
-    /// # Errors
-    /// The graph has a cycle.
-    pub fn sort_topologically(&mut self) -> Result<()> {
-        let order = self.topological_order()?;
-        let mut slots: Vec<Option<Node>> = std::mem::take(&mut self.nodes)
-            .into_iter()
-            .map(Some)
-            .collect();
-        self.nodes = order.into_iter().filter_map(|i| slots[i].take()).collect();
-        Ok(())
-    }
-
-    /// Every value name referenced anywhere: node inputs (including inside subgraphs, which
-    /// may capture outer values) and graph outputs.
-    fn referenced_names(&self) -> HashSet<String> {
-        fn walk(g: &pb::GraphProto, out: &mut HashSet<String>) {
-            for n in &g.node {
-                out.extend(n.input.iter().cloned());
-                for a in &n.attribute {
-                    if let Some(sub) = &a.g {
-                        walk(sub, out);
-                    }
-                    for sub in &a.graphs {
-                        walk(sub, out);
-                    }
-                }
-            }
-        }
-        let mut out = HashSet::new();
-        for n in &self.nodes {
-            out.extend(n.inputs.iter().cloned());
-            for a in &n.attributes {
-                if let Some(sub) = &a.g {
-                    walk(sub, &mut out);
-                }
-                for sub in &a.graphs {
-                    walk(sub, &mut out);
-                }
-            }
-        }
-        out.extend(self.outputs.iter().filter_map(|o| o.name.clone()));
-        out
-    }
-
-    /// Removes nodes none of whose outputs is used (repeatedly). Returns how many were removed.
-    pub fn remove_dead_nodes(&mut self) -> usize {
-        let mut removed = 0;
-        loop {
-            let used = self.referenced_names();
-            let before = self.nodes.len();
-            self.nodes
-                .retain(|n| n.outputs.iter().any(|o| !o.is_empty() && used.contains(o)));
-            let gone = before - self.nodes.len();
-            if gone == 0 {
-                return removed;
-            }
-            removed += gone;
-        }
-    }
-
-    /// Removes initializers no node (or subgraph) uses and that are not graph outputs, and
-    /// their entries in the graph inputs. Returns how many were removed.
-    pub fn remove_unused_initializers(&mut self) -> usize {
-        let used = self.referenced_names();
-        let before = self.initializers.len();
-        let mut dropped = HashSet::new();
-        self.initializers.retain(|t| {
-            let name = t.name.clone().unwrap_or_default();
-            let keep = used.contains(&name);
-            if !keep {
-                dropped.insert(name);
-            }
-            keep
-        });
-        self.inputs
-            .retain(|i| !dropped.contains(i.name.as_deref().unwrap_or("")));
-        self.reindex_initializers();
-        before - self.initializers.len()
-    }
-
     /// Every value name in use (inputs, outputs, initializers, node outputs, node names), for
     /// generating fresh names.
     pub fn taken_names(&self) -> HashSet<String> {
@@ -824,30 +420,4 @@ impl Graph {
         }
         out
     }
-}
-
-/// The tensor a `Constant` node produces, from whichever attribute holds it.
-fn constant_node_value(node: &Node, name: &str) -> Result<pb::TensorProto> {
-    use crate::onnx::tensor::{from_array, TensorData};
-    use ndarray::{arr0, arr1};
-    let a = &node.attributes;
-    let err = |e: String| node.error(e);
-    let t = if let Some(t) = attrs::tensor(a, "value").map_err(err)? {
-        let mut t = t.clone();
-        t.name = Some(name.to_string());
-        t
-    } else if let Some(v) = attrs::float(a, "value_float").map_err(err)? {
-        from_array(name, &TensorData::F32(arr0(v).into_dyn()))
-    } else if let Some(v) = attrs::floats(a, "value_floats").map_err(err)? {
-        from_array(name, &TensorData::F32(arr1(&v).into_dyn()))
-    } else if let Some(v) = attrs::int(a, "value_int").map_err(err)? {
-        from_array(name, &TensorData::I64(arr0(v).into_dyn()))
-    } else if let Some(v) = attrs::ints(a, "value_ints").map_err(err)? {
-        from_array(name, &TensorData::I64(arr1(&v).into_dyn()))
-    } else {
-        return Err(node.error(
-            "Constant node has none of value, value_float(s), value_int(s) (sparse and string constants are not supported)",
-        ));
-    };
-    Ok(t)
 }

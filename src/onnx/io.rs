@@ -260,7 +260,7 @@ pub fn write_model(
     external: ExternalData,
     inputs: &[&Path],
 ) -> Result<Written> {
-    refuse_overwriting_inputs(path, inputs)?;
+    refuse_overwriting(path, inputs)?;
     let spill = match external {
         ExternalData::Always => true,
         ExternalData::Auto => model.encoded_len() > PROTOBUF_LIMIT,
@@ -278,7 +278,7 @@ pub fn write_model(
         .map(|n| format!("{}.data", n.to_string_lossy()))
         .ok_or_else(|| Error::Config(format!("{} has no file name", path.display())))?;
     let data_path = path.with_file_name(&file_name);
-    refuse_overwriting_inputs(&data_path, inputs)?;
+    refuse_overwriting(&data_path, inputs)?;
     let mut model = model.clone();
     let mut data = Vec::new();
     if let Some(graph) = model.graph.as_mut() {
@@ -334,7 +334,11 @@ fn same_file(a: &Path, b: &Path) -> bool {
     }
 }
 
-fn refuse_overwriting_inputs(path: &Path, inputs: &[&Path]) -> Result<()> {
+/// Refuses a write to `path` when it is one of `inputs` (the same file, through any path).
+///
+/// # Errors
+/// `path` names one of `inputs`.
+pub fn refuse_overwriting(path: &Path, inputs: &[&Path]) -> Result<()> {
     if let Some(input) = inputs.iter().find(|i| same_file(path, i)) {
         return Err(Error::Config(format!(
             "refusing to overwrite the input {} (choose another output path)",

@@ -1,4 +1,5 @@
-//! Data-free bias correction (DFQ, `algorithm.md` §5.3).
+//! Data-free bias correction (DFQ; `docs/algorithm.md` §5.3): the formula ([`bias_shift`])
+//! and the write ([`apply_bias_shift`]).
 //!
 //! Quantizing weights shifts a layer's expected output: with `ε = Ŵ − W` (`Ŵ = s_w·q`, the
 //! dequantized SQuant weights) and `E[x_i]` the expected input per channel,
@@ -10,12 +11,17 @@
 //! activation ranges use. Run after SQuant, with the actual rounding error.
 //!
 //! Preconditions: the per-channel means cover every input channel (otherwise the layer is left
-//! alone); ConvTranspose is not corrected. Zero-padding at image borders is ignored, as in DFQ
-//! and AIMET.
+//! alone); ConvTranspose and MatMul are not corrected (MatMul has no bias input). Zero-padding
+//! at image borders is ignored, as in DFQ and AIMET.
+
+use std::collections::HashMap;
 
 use ndarray::ArrayD;
 
 use super::weights::{Layout, QuantizedWeight};
+use crate::error::Result;
+use crate::graph::names::NameGen;
+use crate::graph::Model;
 
 /// `δ_o = Σ_{i,k} ε[o,i,k]·E[x_i]` for every output channel, or `None` when the layout or
 /// the number of means does not fit.
@@ -124,6 +130,58 @@ pub fn bias_shift(
         }
         Layout::ConvTranspose { .. } => None,
     }
+}
+
+/// Subtracts `delta` (one value per output channel) from a Conv/Gemm bias, creating the bias
+/// when the layer has none: `b'_o = b_o − δ_o / β` (`β` the Gemm's `beta`, 1 for Conv). The
+/// corrected bias is a new initializer. Returns false for layers it cannot correct (MatMul, a
+/// Gemm with `beta = 0`, a bias that is neither one value per channel nor a scalar).
+///
+/// # Errors
+/// Malformed attributes or constants.
+pub fn apply_bias_shift(
+    model: &mut Model,
+    names: &mut NameGen,
+    producers: &HashMap<String, usize>,
+    node: usize,
+    delta: &[f64],
+) -> Result<bool> {
+    let n = &model.graph.nodes[node];
+    if !(n.is("Conv") || n.is("Gemm")) {
+        return Ok(false);
+    }
+    let beta = if n.is("Gemm") {
+        f64::from(n.attr_float("beta")?.unwrap_or(1.0))
+    } else {
+        1.0
+    };
+    if beta == 0.0 {
+        return Ok(false);
+    }
+    let current: Vec<f64> = match n.input(2) {
+        Some(b) => match model.graph.constant_f32(b, producers)? {
+            Some(a) if a.len() == delta.len() => a.iter().map(|&v| f64::from(v)).collect(),
+            Some(a) if a.len() == 1 => {
+                vec![f64::from(a.iter().next().copied().unwrap_or(0.0)); delta.len()]
+            }
+            _ => return Ok(false),
+        },
+        None => vec![0.0; delta.len()],
+    };
+    let values: Vec<f32> = current
+        .iter()
+        .zip(delta)
+        .map(|(b, d)| (b - d / beta) as f32)
+        .collect();
+    let name = names.fresh(n.input(1).unwrap_or("w"), "_bias_corrected");
+    let arr = ndarray::Array1::from(values).into_dyn();
+    model
+        .graph
+        .set_initializer(crate::onnx::tensor::from_f32(&name, arr));
+    let node_mut = &mut model.graph.nodes[node];
+    node_mut.inputs.resize(3, String::new());
+    node_mut.inputs[2] = name;
+    Ok(true)
 }
 
 #[cfg(test)]

@@ -9,7 +9,6 @@ pub mod bias_correction;
 pub mod emit;
 pub mod equalize;
 pub mod fold_bn;
-pub mod quantize;
 pub mod ranges;
 pub mod targets;
 pub mod weights;

@@ -188,7 +188,7 @@ mod tests {
     use super::*;
 
     fn seeded(n: usize, seed: u64) -> Vec<f32> {
-        crate::validate::seeded_uniform(&[n], seed, -0.5, 0.5)
+        crate::rng::seeded_uniform(&[n], seed, -0.5, 0.5)
             .into_raw_vec_and_offset()
             .0
     }

@@ -1,0 +1,72 @@
+//! `isquant convert` and `isquant fold-bn`: read a model, (fold BN,) write it back.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use super::{describe_written, out};
+
+#[derive(clap::Args, Debug)]
+pub(super) struct ConvertArgs {
+    /// The ONNX model to read (never modified).
+    input: PathBuf,
+    /// Where to write the model.
+    #[arg(short, long)]
+    output: PathBuf,
+    /// Put every initializer of 1 kB or more in `<output>.data` (done automatically when
+    /// the model would exceed protobuf's 2 GB limit).
+    #[arg(long)]
+    external_data: bool,
+}
+
+pub(super) fn convert(args: &ConvertArgs) -> isquant::Result<ExitCode> {
+    let start = Instant::now();
+    let loaded = isquant::load(&args.input)?;
+    let written = isquant::save(
+        &loaded.model,
+        &args.output,
+        args.external_data,
+        &loaded.source_files(&args.input),
+    )?;
+    out!(
+        "wrote {} in {:.2?}",
+        describe_written(&args.output, &written),
+        start.elapsed()
+    );
+    if loaded.info.external_tensors > 0 && written.external.is_none() {
+        out!(
+            "note: the input kept {} tensors in external data; the output holds them inline (use --external-data to keep them apart)",
+            loaded.info.external_tensors
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(super) fn fold_bn(args: &ConvertArgs) -> isquant::Result<ExitCode> {
+    let start = Instant::now();
+    let mut loaded = isquant::load(&args.input)?;
+    let report = isquant::passes::fold_bn::fold_batch_norms(&mut loaded.model)?;
+    let written = isquant::save(
+        &loaded.model,
+        &args.output,
+        args.external_data,
+        &loaded.source_files(&args.input),
+    )?;
+    out!(
+        "folded {} BatchNormalization node(s), kept {}",
+        report.folded.len(),
+        report.kept.len()
+    );
+    for f in &report.folded {
+        out!("  fold  {} -> {} ({})", f.bn, f.layer, f.direction);
+    }
+    for k in &report.kept {
+        out!("  keep  {}: {}", k.node, k.reason);
+    }
+    out!(
+        "wrote {} in {:.2?}",
+        describe_written(&args.output, &written),
+        start.elapsed()
+    );
+    Ok(ExitCode::SUCCESS)
+}

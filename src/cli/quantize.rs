@@ -1,0 +1,260 @@
+//! `isquant quantize`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use isquant::check::Target;
+use isquant::inputs::Preset;
+use isquant::passes::emit::{Format, QdqOutputs};
+use isquant::passes::equalize::{Objective, Relu6};
+use isquant::pipeline::{
+    self, ActRanges, ActivationType, CalibrationMethod, Equalize, Granularity, NoiseInput,
+    QuantizeConfig, RenderOptions, Switch,
+};
+use isquant::squant::Rounding;
+
+use super::validate::{run_validation, InputArgs};
+use super::{describe_written, out, parse_sizes, protected};
+
+pub(super) const EXAMPLES: &str = "\
+Examples:
+  isquant quantize fixtures/fmnist-small-bn.onnx -o out.onnx --validate
+  isquant quantize mnv2.onnx -o mnv2-int8.onnx --preset imagenet --report mnv2.json
+  isquant quantize mnv2.onnx -o w7a7.onnx --weight-bits 7 --act-bits 7
+  isquant quantize model.onnx -o out.onnx --skip '/classifier/*' --keep-first-float
+  isquant quantize model.onnx -o out.onnx --act-ranges calibrate --calibrate inputs/
+
+The model input has no statistics: give --input-range LO:HI (or --preset imagenet) to quantize
+the first layer's input too; otherwise that layer keeps a float input and int8 weights.";
+
+#[derive(clap::Args, Debug)]
+pub(super) struct QuantizeArgs {
+    /// The float ONNX model (never modified).
+    input: PathBuf,
+    /// Where to write the int8 model.
+    #[arg(short, long)]
+    output: PathBuf,
+    /// Weight bits (2..=8), one symmetric scale per tensor, zero-point 0.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(2..=8))]
+    weight_bits: u32,
+    /// Activation bits (2..=8), one scale per tensor, zero-point 0.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(2..=8))]
+    act_bits: u32,
+    /// Weight scales: one per tensor (ISQuant) or one per output channel (what calibrated
+    /// tools use; applied in the rescale or a per-axis DequantizeLinear).
+    #[arg(long, value_enum, default_value_t = Granularity::PerTensor)]
+    granularity: Granularity,
+    /// Data-free bias correction: subtract the expected output shift of the rounded weights,
+    /// with E[x] from BatchNormalization statistics (DFQ), else from the per-channel means of
+    /// the noise / calibration pass; layers neither reaches are left alone.
+    #[arg(long, value_enum, default_value_t = Switch::On)]
+    correct_bias: Switch,
+    /// Cross-layer equalization (DFQ): rescale Conv→(Relu)→Conv chains so each tensor's
+    /// channels share one range; the float model is unchanged.
+    #[arg(long, value_enum, default_value_t = Equalize::Auto)]
+    equalize: Equalize,
+    /// High-bias absorption after equalization (DFQ): move `max(0, μ − 3σ)` of each equalized
+    /// layer's bias into the next layer's bias (needs --equalize on and BN statistics).
+    #[arg(long, value_enum, default_value_t = Switch::Off)]
+    absorb_bias: Switch,
+    /// How equalization picks each channel's scale.
+    #[arg(long, value_enum, default_value_t = Objective::Noise)]
+    equalize_by: Objective,
+    /// ReLU6 between equalized layers.
+    #[arg(long, value_enum, default_value_t = Relu6::PerChannel)]
+    relu6: Relu6,
+    /// Weight rounding.
+    #[arg(long, value_enum, default_value_t = Rounding::Squant)]
+    rounding: Rounding,
+    /// Where activation ranges come from (noise-channels: the old name of auto).
+    #[arg(long, value_enum, default_value_t = ActRanges::Auto)]
+    act_ranges: ActRanges,
+    /// N of the BN rule: a range covers mean ± N·std of each channel.
+    #[arg(long, default_value_t = 6.0)]
+    bn_sigmas: f64,
+    /// N of the same rule on per-channel statistics of the noise pass (where BN statistics do
+    /// not reach: BN-folded exports, models without BN).
+    #[arg(long, default_value_t = 4.0)]
+    noise_sigmas: f64,
+    /// Images of the noise pass (--act-ranges noise always uses uniform, as SQuant does).
+    #[arg(long, value_enum, default_value_t = NoiseInput::Normal)]
+    noise_input: NoiseInput,
+    /// Range of the model input, e.g. -2.118:2.640, so the first layer runs in integers too.
+    #[arg(long, value_name = "LO:HI", allow_hyphen_values = true)]
+    input_range: Option<String>,
+    /// Keep layers float: a node name, weight name, output value name (as `validate
+    /// --per-layer` lists them) or glob pattern (`*`, `?`); repeatable.
+    #[arg(long, value_name = "NAME_OR_PATTERN")]
+    skip: Vec<String>,
+    /// Keep the first quantizable layer float.
+    #[arg(long)]
+    keep_first_float: bool,
+    /// Keep the last quantizable layer (usually the classifier) float.
+    #[arg(long)]
+    keep_last_float: bool,
+    /// Inputs in the noise batch.
+    #[arg(long, default_value_t = 32)]
+    noise_batch: usize,
+    /// Seed of the noise batch.
+    #[arg(long, default_value_t = 0)]
+    noise_seed: u64,
+    /// Input shape for forward passes when the model leaves dimensions open, e.g. 1,3,48,192.
+    #[arg(long, value_name = "N,C,H,W")]
+    input_shape: Option<String>,
+    /// Directory of your own inputs for --act-ranges calibrate: images (with the
+    /// preprocessing flags or --preset), float32 .npy arrays, or IDX files.
+    #[arg(long, value_name = "DIR")]
+    calibrate: Option<PathBuf>,
+    /// Calibration range: max|x|, or a percentile of |x| with --percentile.
+    #[arg(long)]
+    percentile: Option<f64>,
+    /// Output format (default convinteger, or what --target implies).
+    #[arg(long, value_enum)]
+    format: Option<Format>,
+    /// Pick the format for a runtime: tract (convinteger), ort (qdq-u8 --qdq-outputs all:
+    /// every convolution fused to QLinearConv), ort-legacy (convinteger-u8), tensorrt (qdq,
+    /// int8 only).
+    #[arg(long, value_enum)]
+    target: Option<Target>,
+    /// Q/DQ formats: where a Q -> DQ goes after a layer. Default: all with --target ort, else
+    /// exact.
+    #[arg(long, value_enum)]
+    qdq_outputs: Option<QdqOutputs>,
+    /// Activation encoding (--format qdq always uses int8).
+    #[arg(long, value_enum, default_value_t = ActivationType::Auto)]
+    activation_type: ActivationType,
+    /// Write the JSON report (per-layer scales, flips, ranges, the layer table, skipped nodes)
+    /// here.
+    #[arg(long, value_name = "FILE.json")]
+    report: Option<PathBuf>,
+    /// Run the float and the int8 model in tract and compare them (on --validate-inputs, or
+    /// seeded synthetic inputs).
+    #[arg(long)]
+    validate: bool,
+    /// Images (JPEG/PNG), .npy files, IDX files or folders for --validate.
+    #[arg(long, num_args = 1.., value_name = "PATH")]
+    validate_inputs: Vec<PathBuf>,
+    #[command(flatten)]
+    inputs: InputArgs,
+    /// Print every layer.
+    #[arg(short, long)]
+    verbose: bool,
+    /// Put every initializer of 1 kB or more in `<output>.data`.
+    #[arg(long)]
+    external_data: bool,
+}
+
+impl QuantizeArgs {
+    fn input_range(&self) -> isquant::Result<Option<(f32, f32)>> {
+        let Some(r) = &self.input_range else {
+            return Ok(self.inputs.preset.map(Preset::input_range));
+        };
+        let parsed = r.split_once(':').and_then(|(a, b)| {
+            Some((a.trim().parse::<f32>().ok()?, b.trim().parse::<f32>().ok()?))
+        });
+        parsed
+            .map(Some)
+            .ok_or_else(|| isquant::Error::Config(format!("--input-range {r:?} is not LO:HI")))
+    }
+
+    fn config(&self) -> isquant::Result<QuantizeConfig> {
+        Ok(QuantizeConfig {
+            format: Format::resolve(self.format, self.target)?,
+            qdq_outputs: self
+                .qdq_outputs
+                .unwrap_or(QdqOutputs::for_target(self.target)),
+            activation_type: self.activation_type,
+            correct_bias: self.correct_bias.is_on(),
+            equalize: self.equalize,
+            absorb_bias: self.absorb_bias.is_on(),
+            equalize_objective: self.equalize_by,
+            relu6: self.relu6,
+            granularity: self.granularity,
+            weight_bits: self.weight_bits,
+            act_bits: self.act_bits,
+            rounding: self.rounding,
+            act_ranges: match self.act_ranges {
+                ActRanges::Auto if self.calibrate.is_some() => ActRanges::Calibrate,
+                other => other,
+            },
+            bn_sigmas: self.bn_sigmas,
+            noise_sigmas: self.noise_sigmas,
+            noise_input: self.noise_input,
+            input_range: self.input_range()?,
+            skip: self.skip.clone(),
+            keep_first_float: self.keep_first_float,
+            keep_last_float: self.keep_last_float,
+            noise_batch: self.noise_batch,
+            noise_seed: self.noise_seed,
+            input_shape: self
+                .input_shape
+                .as_deref()
+                .map(|s| parse_sizes(s, "--input-shape"))
+                .transpose()?,
+            calibration_method: self
+                .percentile
+                .map_or(CalibrationMethod::MinMax, CalibrationMethod::Percentile),
+        })
+    }
+}
+
+pub(super) fn run(args: QuantizeArgs) -> isquant::Result<ExitCode> {
+    let start = Instant::now();
+    let cfg = args.config()?;
+    cfg.validate(args.calibrate.is_some())?;
+    let loaded = isquant::load(&args.input)?;
+    let original = loaded.model.clone();
+    let size_before = isquant::onnx::io::encode_model(&original.to_proto()).len();
+    let calibration = match &args.calibrate {
+        Some(dir) => {
+            let preprocess = args.inputs.preprocess()?;
+            let dims = args.inputs.dims(&original, cfg.input_shape.as_deref())?;
+            let paths = [dir.clone()];
+            let source = args.inputs.source(&paths, &preprocess);
+            Some(isquant::inputs::calibration_batches(&source, &dims)?)
+        }
+        None => None,
+    };
+    let mut model = loaded.model.clone();
+    let mut progress = |stage: &str| eprintln!("isquant: {stage}...");
+    let report = pipeline::quantize(&mut model, &cfg, calibration.as_deref(), &mut progress)?;
+    let size_after = isquant::onnx::io::encode_model(&model.to_proto()).len();
+    let written = isquant::save(
+        &model,
+        &args.output,
+        args.external_data,
+        &loaded.source_files(&args.input),
+    )?;
+    let summary = report.render(&RenderOptions {
+        input: &args.input.display().to_string(),
+        size_before,
+        size_after,
+        verbose: args.verbose,
+    });
+    out!("{}", summary.trim_end());
+    if let Some(path) = &args.report {
+        let json = serde_json::to_vec_pretty(&report)
+            .map_err(|e| isquant::Error::Config(format!("cannot encode the report: {e}")))?;
+        let keep = protected(&args.input, &loaded, &[&args.output]);
+        isquant::write_file(path, &json, &keep)?;
+        out!("report     {}", path.display());
+    }
+    out!(
+        "wrote      {} in {:.2?}",
+        describe_written(&args.output, &written),
+        start.elapsed()
+    );
+    if args.validate || !args.validate_inputs.is_empty() {
+        let keep = protected(&args.input, &loaded, &[&args.output]);
+        return run_validation(
+            &original,
+            &model,
+            &args.validate_inputs,
+            &args.inputs,
+            cfg.input_shape.as_deref(),
+            &keep,
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,232 @@
+//! The Q/DQ formats (`qdq`, `qdq-u8`): float ops reading `DequantizeLinear` outputs, and where
+//! a `Q → DQ` goes after a layer ([`QdqOutputs`]; module docs of [`super`]).
+
+use std::collections::HashMap;
+
+use super::{
+    base_name, weight_dq, ActQuant, EmittedLayer, Emitter, Form, Format, LayerPlan, QdqOutputs, Zp,
+};
+use crate::graph::{Graph, Node};
+
+/// The `Q → DQ` put right after a layer output (`qdq`, `qdq-u8`).
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct OutQ {
+    pub(super) scale: f32,
+    pub(super) unsigned: bool,
+    /// An activation (Relu / Clip) right after the layer that the uint8 Q makes redundant:
+    /// its node index, and its output (which the DQ then writes).
+    pub(super) absorb: Option<(usize, String)>,
+}
+
+/// For Q/DQ formats: the `Q → DQ` after each layer output `y`, so runtimes see
+/// `DQ → Conv → Q`. Scale, in order of preference: the input scale of the quantized layers
+/// reading `y` directly (they then share this QuantizeLinear: one Q per tensor); the input
+/// scale of the layers reading it through one Relu / Clip(≥ 0) (values it clips are zeroed by
+/// the activation anyway; with `qdq-u8` the uint8 Q *is* the activation, which is removed
+/// when its upper bound is not below the Q's); the layer's own output range. Graph outputs
+/// stay float.
+pub(super) fn output_quants(
+    graph: &Graph,
+    plans: &[LayerPlan],
+    format: Format,
+    placement: QdqOutputs,
+) -> HashMap<String, OutQ> {
+    let exact = placement == QdqOutputs::Exact;
+    let graph_outputs: std::collections::HashSet<&str> = graph
+        .outputs
+        .iter()
+        .filter_map(|o| o.name.as_deref())
+        .collect();
+    let consumers = graph.consumers();
+    let producers = graph.producers();
+    let input_q: HashMap<(usize, &str), (f32, bool)> = plans
+        .iter()
+        .filter_map(|p| {
+            p.act
+                .as_ref()
+                .map(|a| ((p.node, a.value.as_str()), (a.scale, a.unsigned)))
+        })
+        .collect();
+    // The common input quantization of the quantized readers of `v` (with `exact`: of all
+    // its readers, which must all be quantized layers, and `v` must not be a graph output).
+    let readers_q = |v: &str| -> Option<(f32, bool)> {
+        if exact && graph_outputs.contains(v) {
+            return None;
+        }
+        let mut s: Option<(f32, bool)> = None;
+        for &r in consumers.get(v)? {
+            match input_q.get(&(r, v)) {
+                Some(&q) => {
+                    if s.is_some_and(|x| x.0.to_bits() != q.0.to_bits() || x.1 != q.1) {
+                        return None;
+                    }
+                    s = Some(q);
+                }
+                None if exact => return None,
+                None => {}
+            }
+        }
+        s
+    };
+    // Lower and upper clamp of a Relu / Clip with a non-negative lower bound.
+    let clamp = |n: &Node| -> Option<f64> {
+        if n.is("Relu") {
+            return Some(f64::INFINITY);
+        }
+        if !n.is("Clip") {
+            return None;
+        }
+        let bound = |k: usize| {
+            n.input(k)
+                .and_then(|m| graph.constant_f32(m, &producers).ok().flatten())
+                .and_then(|a| a.iter().next().copied())
+                .map(f64::from)
+        };
+        let lo = bound(1).or(n.attr_float("min").ok().flatten().map(f64::from))?;
+        let hi = bound(2)
+            .or(n.attr_float("max").ok().flatten().map(f64::from))
+            .unwrap_or(f64::INFINITY);
+        (lo >= 0.0).then_some(hi)
+    };
+    let unsigned_ok = format == Format::QdqU8;
+    let mut out = HashMap::new();
+    for p in plans.iter().filter(|p| p.act.is_some()) {
+        let Some(y) = graph.nodes[p.node].outputs.first() else {
+            continue;
+        };
+        let Some(readers) = consumers.get(y.as_str()) else {
+            continue;
+        };
+        if let Some((scale, unsigned)) = readers_q(y) {
+            out.insert(
+                y.clone(),
+                OutQ {
+                    scale,
+                    unsigned,
+                    absorb: None,
+                },
+            );
+            continue;
+        }
+        let y_is_output = exact && graph_outputs.contains(y.as_str());
+        if let (false, [r]) = (y_is_output, readers.as_slice()) {
+            let act = &graph.nodes[*r];
+            if let (Some(hi), Some(a_out)) = (clamp(act), act.outputs.first()) {
+                if let Some((scale, unsigned)) = readers_q(a_out) {
+                    let q_hi = f64::from(scale) * 255.0;
+                    let absorb = (unsigned && unsigned_ok && q_hi <= hi + 1e-6 * hi.abs().max(1.0))
+                        .then(|| (*r, a_out.clone()));
+                    out.insert(
+                        y.clone(),
+                        OutQ {
+                            scale,
+                            unsigned: unsigned && unsigned_ok,
+                            absorb,
+                        },
+                    );
+                    continue;
+                }
+            }
+        }
+        if let Some(scale) = p.own_output_scale.filter(|_| !exact) {
+            out.insert(
+                y.clone(),
+                OutQ {
+                    scale,
+                    unsigned: false,
+                    absorb: None,
+                },
+            );
+        }
+    }
+    out
+}
+
+/// Q/DQ formats: an `Add` (residual) reads each input that has a QuantizeLinear through its
+/// own DequantizeLinear, so both of its inputs are quantized, as TensorRT wants to fuse the
+/// add into the convolution (and ONNX Runtime fuses `DQ → Add → Q`).
+pub(super) fn dequantize_add_inputs(e: &mut Emitter<'_>) {
+    let quantized: HashMap<String, (String, String, String)> = e
+        .shared_q
+        .iter()
+        .map(|((v, _, _), q)| (v.clone(), q.clone()))
+        .collect();
+    let dq_outputs: std::collections::HashSet<String> = e
+        .nodes
+        .iter()
+        .filter(|n| n.is("DequantizeLinear"))
+        .flat_map(|n| n.outputs.iter().cloned())
+        .collect();
+    let nodes = std::mem::take(&mut e.nodes);
+    for mut n in nodes {
+        if n.is("Add") {
+            for k in 0..n.inputs.len() {
+                let v = n.inputs[k].clone();
+                if dq_outputs.contains(&v) {
+                    continue;
+                }
+                if let Some((q, s, z)) = quantized.get(&v) {
+                    let base = base_name(&n);
+                    let dq = e.dequantize(q, s, z, &base, "_input_dequantize");
+                    n.inputs[k] = dq;
+                }
+            }
+        }
+        e.nodes.push(n);
+    }
+}
+
+/// Emits one layer in a Q/DQ format; returns its row of the layer table.
+pub(super) fn emit_qdq(
+    e: &mut Emitter<'_>,
+    mut node: Node,
+    plan: &LayerPlan,
+    act: &ActQuant,
+    out_q: Option<OutQ>,
+) -> EmittedLayer {
+    let base = base_name(&node);
+    let (x_q, x_s, x_z) = e.quantize(act, &base);
+    let x_dq = e.dequantize(&x_q, &x_s, &x_z, &base, "_input_dequantize");
+    let (w_dq, q_name) = weight_dq(e, &node, plan);
+    let mut row = EmittedLayer::new(&node, plan, e.format, Form::Qdq, q_name);
+    row.activation = Some(e.act_zp(act).encoding(act.scale));
+    node.inputs[0] = x_dq;
+    node.inputs[1] = w_dq;
+    match out_q {
+        None => e.nodes.push(node),
+        Some(oq) => {
+            let out = node.outputs.first().cloned().unwrap_or_default();
+            let raw = e.names.fresh(&out, "_float");
+            node.outputs[0] = raw.clone();
+            e.nodes.push(node);
+            // With an absorbed activation, the DQ writes the activation's output.
+            let target = oq.absorb.as_ref().map_or(out.clone(), |(_, a)| a.clone());
+            let zp = if oq.unsigned { Zp::U8 } else { Zp::I8 };
+            row.output.clone_from(&target);
+            row.output_quantization = Some(zp.encoding(oq.scale));
+            let s = e.scalar_f32(&target, "_scale", oq.scale);
+            let z = e.zero_point(zp);
+            let q = e.names.fresh(&target, "_quantized");
+            e.node(
+                "QuantizeLinear",
+                &base,
+                "_output_quantize",
+                vec![raw, s.clone(), z.clone()],
+                q.clone(),
+            );
+            // Quantized readers of `target` at this scale reuse this Q (one Q per tensor).
+            e.shared_q.insert(
+                (target.clone(), oq.scale.to_bits(), zp),
+                (q.clone(), s.clone(), z.clone()),
+            );
+            let name = e.names.fresh(&base, "_output_dequantize");
+            e.nodes.push(Node::new(
+                "DequantizeLinear",
+                name,
+                vec![q, s, z],
+                vec![target],
+            ));
+        }
+    }
+    row
+}

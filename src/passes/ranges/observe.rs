@@ -1,0 +1,187 @@
+//! Statistics of tensors over a forward pass of the float model (the noise pass, or the user's
+//! calibration inputs), streamed batch by batch: [`observe`] runs the pass, [`Observed`] holds
+//! what one tensor needs for the range rules of [`crate::stats`].
+
+use std::collections::BTreeMap;
+
+use ndarray::ArrayD;
+use serde::Serialize;
+
+use crate::error::Result;
+use crate::graph::Model;
+use crate::runtime::{encode_with_outputs, Outputs, Source, TractModel};
+use crate::stats::{self, Summary};
+
+/// Streaming statistics of one tensor over a forward pass (f64 sums in a fixed order).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Observed {
+    /// Sums of the finite values, their minimum and maximum.
+    pub summary: Summary,
+    /// Every `stride`-th `|x|` over the whole pass (deterministic subsample for percentiles
+    /// and clipping rates).
+    #[serde(skip)]
+    pub sample: Vec<f32>,
+    /// Per-channel sums (channel axis 1, for tensors of rank ≥ 2).
+    #[serde(skip)]
+    channel_sum: Vec<f64>,
+    #[serde(skip)]
+    channel_sum_sq: Vec<f64>,
+    /// Elements per channel so far.
+    #[serde(skip)]
+    channel_count: u64,
+    /// Rank ≥ 3 (`[N, C, spatial…]`).
+    #[serde(skip)]
+    feature_map: bool,
+    /// Values seen, finite or not (the subsample's position).
+    #[serde(skip)]
+    seen: u64,
+}
+
+impl Observed {
+    fn add(&mut self, values: &ArrayD<f32>, sample_stride: usize) {
+        if values.ndim() >= 2 {
+            let c = values.shape()[1];
+            self.feature_map = values.ndim() >= 3;
+            if self.channel_sum.len() != c {
+                self.channel_sum = vec![0.0; c];
+                self.channel_sum_sq = vec![0.0; c];
+                self.channel_count = 0;
+            }
+            for (k, lane) in values.axis_iter(ndarray::Axis(1)).enumerate() {
+                let (mut s1, mut s2) = (0f64, 0f64);
+                for &v in lane.iter() {
+                    let x = f64::from(v);
+                    s1 += x;
+                    s2 += x * x;
+                }
+                self.channel_sum[k] += s1;
+                self.channel_sum_sq[k] += s2;
+            }
+            self.channel_count += (values.len() / c.max(1)) as u64;
+        }
+        for &v in values {
+            let i = self.seen;
+            self.seen += 1;
+            if self.summary.add(v) && sample_stride > 0 && i.is_multiple_of(sample_stride as u64) {
+                self.sample.push(v.abs());
+            }
+        }
+    }
+
+    /// Smallest finite value seen.
+    #[must_use]
+    pub fn min(&self) -> f64 {
+        self.summary.min
+    }
+
+    /// Largest finite value seen.
+    #[must_use]
+    pub fn max(&self) -> f64 {
+        self.summary.max
+    }
+
+    /// `max|x|`.
+    #[must_use]
+    pub fn max_abs(&self) -> f64 {
+        self.summary.max_abs()
+    }
+
+    /// SQuant's noise-rule clip value `α` for `bits` ([`stats::sigma_rule`]).
+    #[must_use]
+    pub fn sigma_rule(&self, bits: u32) -> f64 {
+        stats::sigma_rule(&self.summary, bits).alpha
+    }
+
+    /// The `p`-th percentile of `|x|` over the subsample ([`stats::percentile_abs`]; `max|x|`
+    /// without a subsample).
+    #[must_use]
+    pub fn percentile(&self, p: f64) -> f64 {
+        if self.sample.is_empty() {
+            return self.max_abs();
+        }
+        stats::percentile_abs(&self.sample, p)
+    }
+
+    /// Fraction of the subsample whose `|x|` exceeds `limit` (values a range would clip).
+    #[must_use]
+    pub fn fraction_above(&self, limit: f64) -> f64 {
+        if self.sample.is_empty() {
+            return 0.0;
+        }
+        let n = self
+            .sample
+            .iter()
+            .filter(|&&v| f64::from(v) > limit)
+            .count();
+        n as f64 / self.sample.len() as f64
+    }
+
+    /// Per-channel means (channel axis 1), when the tensor has channels.
+    #[must_use]
+    pub fn channel_means(&self) -> Option<Vec<f64>> {
+        (self.channel_count > 0 && !self.channel_sum.is_empty()).then(|| {
+            self.channel_sum
+                .iter()
+                .map(|s| s / self.channel_count as f64)
+                .collect()
+        })
+    }
+
+    /// The BN rule on per-channel means and (population) variances of the pass,
+    /// [`stats::gaussian_bound`]. Only for feature maps (`[N, C, spatial…]`): a `[N, F]` matrix
+    /// has just N samples per feature, too few for a per-channel estimate.
+    #[must_use]
+    pub fn channel_gaussian_bound(&self, n_sigmas: f64) -> Option<f64> {
+        let n = self.channel_count as f64;
+        if n < 2.0 || self.channel_sum.is_empty() || !self.feature_map {
+            return None;
+        }
+        let means: Vec<f64> = self.channel_sum.iter().map(|s1| s1 / n).collect();
+        let vars: Vec<f64> = self
+            .channel_sum_sq
+            .iter()
+            .zip(&means)
+            .map(|(s2, mean)| (s2 / n - mean * mean).max(0.0))
+            .collect();
+        Some(stats::gaussian_bound(&means, &vars, n_sigmas))
+    }
+}
+
+/// Runs the float `model` in tract on each batch of `inputs` and observes `values` (every
+/// `sample_stride`-th value is kept for percentiles).
+///
+/// # Errors
+/// tract cannot run the model, or a requested value does not exist.
+pub fn observe(
+    model: &Model,
+    values: &[String],
+    batches: &[Vec<ArrayD<f32>>],
+    sample_stride: usize,
+    mut progress: impl FnMut(usize, usize),
+) -> Result<BTreeMap<String, Observed>> {
+    // The observed values become the only outputs; tract prunes the rest.
+    let bytes = encode_with_outputs(model, Outputs::Only(values))?;
+    if batches.is_empty() {
+        return Ok(BTreeMap::new());
+    }
+    // One optimized plan per distinct batch shape (a short last batch gets its own).
+    let mut plans: Vec<(Vec<Vec<usize>>, TractModel)> = Vec::new();
+    let mut out: BTreeMap<String, Observed> = BTreeMap::new();
+    for (b, batch) in batches.iter().enumerate() {
+        let shapes: Vec<Vec<usize>> = batch.iter().map(|a| a.shape().to_vec()).collect();
+        let k = match plans.iter().position(|(s, _)| *s == shapes) {
+            Some(k) => k,
+            None => {
+                let m = TractModel::load(Source::Bytes(&bytes), &shapes)?;
+                plans.push((shapes, m));
+                plans.len() - 1
+            }
+        };
+        let results = plans[k].1.run(batch)?;
+        for (name, r) in values.iter().zip(&results) {
+            out.entry(name.clone()).or_default().add(r, sample_stride);
+        }
+        progress(b + 1, batches.len());
+    }
+    Ok(out)
+}

@@ -1,0 +1,65 @@
+//! Inputs for the forward passes the pipeline runs on the float model (the noise pass of the
+//! activation ranges, the float-change check of `--relu6 relu`): the input shape, and seeded
+//! batches of it.
+
+use ndarray::ArrayD;
+
+use crate::error::{Error, Result};
+use crate::graph::Model;
+
+/// The shape of the model's one input for a forward pass: `input_shape` if given, else the
+/// declared shape; only the batch dimension may stay open (`None`).
+///
+/// # Errors
+/// Several inputs, or dimensions other than the batch left open without `input_shape`.
+pub fn forward_shape(model: &Model, input_shape: Option<&[usize]>) -> Result<Vec<Option<usize>>> {
+    let (name, dims) = model.graph.single_input("the forward pass")?;
+    let shape: Vec<Option<usize>> = match input_shape {
+        Some(s) => s.iter().map(|&d| Some(d)).collect(),
+        None => dims,
+    };
+    if shape.is_empty() || shape.iter().skip(1).any(Option::is_none) {
+        let shown: Vec<String> = shape
+            .iter()
+            .map(|d| d.map_or("?".to_string(), |v| v.to_string()))
+            .collect();
+        return Err(Error::Config(format!(
+            "input `{name}` has shape [{}]: give the shape for the forward pass with --input-shape (e.g. 1,3,224,224)",
+            shown.join(", ")
+        )));
+    }
+    Ok(shape)
+}
+
+/// Inputs for a forward pass: `count` samples of the model's input shape, in batches of
+/// `chunk` where the batch dimension is open, else runs of the fixed batch. Values from
+/// `fill(shape, batch index)`.
+///
+/// # Errors
+/// As [`forward_shape`].
+pub fn forward_batches(
+    model: &Model,
+    input_shape: Option<&[usize]>,
+    count: usize,
+    chunk: usize,
+    mut fill: impl FnMut(&[usize], usize) -> ArrayD<f32>,
+) -> Result<Vec<Vec<ArrayD<f32>>>> {
+    let shape = forward_shape(model, input_shape)?;
+    let fixed_batch = shape[0];
+    let rest: Vec<usize> = shape.iter().skip(1).map(|d| d.unwrap_or(1)).collect();
+    let mut out = Vec::new();
+    let mut done = 0usize;
+    let mut k = 0usize;
+    while done < count {
+        let n = match fixed_batch {
+            Some(b) => b.max(1),
+            None => chunk.min(count - done).max(1),
+        };
+        let mut s = vec![n];
+        s.extend(&rest);
+        out.push(vec![fill(&s, k)]);
+        done += n;
+        k += 1;
+    }
+    Ok(out)
+}
