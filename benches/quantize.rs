@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use isquant::graph::Model;
 use isquant::passes::equalize::Objective;
-use isquant::passes::quantize::{quantize, Equalize, QuantizeConfig};
+use isquant::pipeline::{quantize, Equalize, QuantizeConfig};
 use isquant::squant::{round_nearest, round_squant, Rounding};
 use ndarray::Array3;
 

@@ -6,7 +6,8 @@
 use std::path::Path;
 use std::process::ExitCode;
 
-use isquant::validate::{seeded_uniform, Source, TractModel};
+use isquant::rng::seeded_uniform;
+use isquant::runtime::{Source, TractModel};
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();

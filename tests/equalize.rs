@@ -4,7 +4,8 @@
 use isquant::graph::Model;
 use isquant::passes::equalize::{equalize, Objective, Options, Relu6};
 use isquant::passes::fold_bn::fold_batch_norms;
-use isquant::validate::{seeded_uniform, Source, TractModel};
+use isquant::rng::seeded_uniform;
+use isquant::runtime::{Source, TractModel};
 use prost::Message;
 
 use crate::common::{proto, MODELS};
@@ -180,7 +181,7 @@ fn high_bias_absorption_is_exact_when_preactivations_stay_above_c() {
 /// per-channel bound changes nothing and reports nothing.
 #[test]
 fn relu6_replacement_reports_the_float_change() {
-    use isquant::passes::quantize::{quantize, Equalize, QuantizeConfig};
+    use isquant::pipeline::{quantize, Equalize, QuantizeConfig};
     let run = |relu6: Relu6| {
         let mut m = Model::from_proto(relu6_chain()).unwrap();
         let cfg = QuantizeConfig {
@@ -204,7 +205,7 @@ fn relu6_replacement_reports_the_float_change() {
 
 #[test]
 fn auto_uses_dfq_where_cle_reaches_few_convolutions() {
-    use isquant::passes::quantize::{quantize, Equalize, QuantizeConfig};
+    use isquant::pipeline::{quantize, Equalize, QuantizeConfig};
     // ppocr has depthwise convolutions, but most of its chains go through HardSwish: CLE
     // reaches 6 of 53 convolutions. There the noise objective measured worse and DFQ's rule
     // better (docs/results.md), so auto switches to DFQ's rule and says so; `on` keeps the
@@ -229,7 +230,7 @@ fn auto_uses_dfq_where_cle_reaches_few_convolutions() {
     assert_eq!(on.equalized.as_ref().map(|e| e.pairs.len()), Some(6));
     assert!(on.equalize_note.is_none());
     // The two rules give different weight scales.
-    let scales = |r: &isquant::passes::quantize::QuantizeReport| -> Vec<f32> {
+    let scales = |r: &isquant::pipeline::QuantizeReport| -> Vec<f32> {
         r.layers.iter().map(|l| l.weight_scale).collect()
     };
     assert_ne!(scales(&auto), scales(&on));

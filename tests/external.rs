@@ -1,7 +1,8 @@
 //! External data: a real `onnx.save(save_as_external_data=True)` output loads, converts, and a
 //! missing data file is a clear error.
 
-use isquant::validate::{seeded_uniform, Source, TractModel};
+use isquant::rng::seeded_uniform;
+use isquant::runtime::{Source, TractModel};
 
 use crate::common::{fixture, isquant};
 

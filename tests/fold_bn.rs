@@ -3,7 +3,8 @@
 use isquant::graph::Model;
 use isquant::onnx::pb;
 use isquant::passes::fold_bn::{fold_batch_norms, FoldReport};
-use isquant::validate::{seeded_uniform, Source, TractModel};
+use isquant::rng::seeded_uniform;
+use isquant::runtime::{Source, TractModel};
 use ndarray::ArrayD;
 use prost::Message;
 

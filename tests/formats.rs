@@ -3,12 +3,14 @@
 //! TensorRT rules hold for `qdq`.
 
 use isquant::graph::Model;
+use isquant::metrics::Sums;
 use isquant::onnx::pb;
 use isquant::onnx::tensor::to_array;
 use isquant::onnx::DataType;
 use isquant::passes::emit::{Format, QdqOutputs};
-use isquant::passes::quantize::{quantize, ActivationType, QuantizeConfig};
-use isquant::validate::{seeded_uniform, Source, Sums, TractModel};
+use isquant::pipeline::{quantize, ActivationType, QuantizeConfig};
+use isquant::rng::seeded_uniform;
+use isquant::runtime::{Source, TractModel};
 use prost::Message;
 
 use crate::common::build::value_info;
@@ -304,7 +306,7 @@ fn every_format_keeps_accuracy_on_labeled_images() {
 
 #[test]
 fn per_channel_weights_run_in_every_format_and_keep_the_rules() {
-    use isquant::passes::quantize::Granularity;
+    use isquant::pipeline::Granularity;
     for (name, shape, lo, hi) in MODELS {
         let x = seeded_uniform(shape, 33, *lo, *hi);
         let float = run(&proto(name), &x);

@@ -4,10 +4,12 @@
 use std::path::Path;
 
 use isquant::graph::Model;
+use isquant::metrics::Sums;
 use isquant::onnx::pb;
-use isquant::passes::quantize::{quantize, ActRanges, QuantizeConfig};
+use isquant::pipeline::{quantize, ActRanges, QuantizeConfig};
+use isquant::rng::seeded_uniform;
+use isquant::runtime::{Source, TractModel};
 use isquant::squant::Rounding;
-use isquant::validate::{seeded_uniform, Source, Sums, TractModel};
 use prost::Message;
 
 use crate::common::build::{f, i, ints, Builder};
@@ -16,7 +18,7 @@ use crate::common::{fixture, isquant, MODELS};
 fn quantize_proto(
     m: &pb::ModelProto,
     cfg: &QuantizeConfig,
-) -> (pb::ModelProto, isquant::passes::quantize::QuantizeReport) {
+) -> (pb::ModelProto, isquant::pipeline::QuantizeReport) {
     let mut model = Model::from_proto(m.clone()).unwrap();
     let report = quantize(&mut model, cfg, None, &mut |_| {}).unwrap();
     model.graph.check().unwrap();

@@ -3,7 +3,8 @@
 
 use isquant::graph::Model;
 use isquant::onnx::io::{self, ExternalData};
-use isquant::validate::{seeded_uniform, Source, TractModel};
+use isquant::rng::seeded_uniform;
+use isquant::runtime::{Source, TractModel};
 
 use crate::common::{self, fixture, isquant, MODELS};
 
