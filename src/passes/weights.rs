@@ -4,7 +4,7 @@
 //! `qmax = 2^(b−1) − 1`, `s_w = max|W| / qmax` (f64, stored f32; `s_w = 1` when `W = 0`),
 //! `x = W / s_w` computed from the stored f32 scale, `q = squant(view(x), −qmax, qmax)`,
 //! zero-point 0. The `[O, I, K]` view SQuant works on depends on the layout
-//! (`algorithm.md` §4.1):
+//! (`docs/algorithm.md` §4.1):
 //!
 //! | op | ONNX weight | `[O, I, K]` view |
 //! |---|---|---|
