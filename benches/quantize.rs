@@ -4,6 +4,8 @@
 //! throughput against plain round-to-nearest on the same tensors.
 //!
 //! `cargo bench --bench quantize` (`ISQUANT_BENCH_RUNS`, default 5).
+//! `cargo bench --bench quantize -- --write-model FILE` writes the generated model instead
+//! (to time two `isquant` builds on it: `tools/compare_speed.py`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -24,6 +26,14 @@ fn median(mut v: Vec<Duration>) -> Duration {
 }
 
 fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(k) = args.iter().position(|a| a == "--write-model") {
+        let path = args.get(k + 1).expect("--write-model FILE");
+        let bytes = isquant::onnx::io::encode_model(&resnet::build(true));
+        std::fs::write(path, &bytes).unwrap();
+        println!("wrote {path} ({} bytes)", bytes.len());
+        return;
+    }
     let quick = std::env::args().any(|a| a == "--test") || cfg!(debug_assertions);
     let runs: usize = std::env::var("ISQUANT_BENCH_RUNS")
         .ok()

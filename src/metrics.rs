@@ -82,7 +82,7 @@ pub fn top_k(row: &[f32], k: usize) -> Vec<usize> {
 
 /// Per-channel sums (channel axis 1) for comparing a tensor up to one positive gain per
 /// channel: cross-layer equalization divides channel `i` of the values between two equalized
-/// layers by `s_i` (the int8 model lists them under [`RESCALED_KEY`]), so the int8 model holds
+/// layers by `s_i` (the int8 model lists them under `isquant.rescaled`), so the int8 model holds
 /// `f_i / s_i + noise` where the float model holds `f_i`. With `g_i = Σ f·q / Σ q²` (the
 /// least-squares gain; none when `Σ f·q ≤ 0`) the residual is `Σ f² − g_i·Σ f·q` per channel,
 /// and the SQNR is `10·log10(Σ f² / Σ_i residual_i)`. One gain per channel absorbs next to

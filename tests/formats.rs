@@ -120,7 +120,7 @@ fn quantize_nodes(m: &pb::ModelProto) -> Vec<(String, String, f32, f32, f32)> {
 }
 
 /// Per tensor, how far `other` is from `base` given the same quantized inputs, in levels of
-/// the base's QuantizeLinear (what `bench/formats/agreement.py` measures in ONNX Runtime).
+/// the base's QuantizeLinear (what `tools/formats/agreement.py` measures in ONNX Runtime).
 /// Every QuantizeLinear of `other` that `base` also has (same output name) reads the value the
 /// base quantizes, fed as an extra graph input, so a rounding flip upstream (float summation
 /// order) cannot spread through later layers and each tensor shows what the format itself

@@ -13,7 +13,7 @@
 //!
 //! `Model::from_proto(m).to_proto() == m` holds for every valid model (tested on every fixture).
 //!
-//! Submodules: [`node`] (one node), [`constants`] (constant resolution), [`order`] (checks,
+//! Submodules: `node` (one node), `constants` (constant resolution), `order` (checks,
 //! topological order, clean-up), [`names`] (fresh names).
 
 mod constants;

@@ -2,7 +2,7 @@
 //!
 //! Getters return `Ok(None)` when the attribute is absent and an error naming the attribute
 //! when it is present with the wrong type; callers add the node name (see
-//! [`crate::graph::Node::attr_error`]).
+//! [`crate::graph::Node::attr_int`] and its siblings).
 
 use bytes::Bytes;
 

@@ -20,8 +20,17 @@ use crate::passes::fold_bn::ChannelStats;
 use crate::passes::ranges::{self, Dist, Observed};
 use crate::passes::targets::Target;
 
-/// `E[x]` per input channel from BN statistics, and the layer's `group`, for every chosen layer
-/// (all `None` when bias correction is off). `bn` are the range stage's BN distributions,
+/// `E[x]` of a layer's input per channel, from BN statistics, and the layer's `group`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InputMean {
+    /// One mean per input channel.
+    pub mean: Vec<f64>,
+    /// The layer's `group` (each output channel sums over its own group's inputs).
+    pub group: usize,
+}
+
+/// [`InputMean`] for every chosen layer BN statistics reach (all `None` when bias correction
+/// is off). `bn` are the range stage's BN distributions,
 /// computed afresh when that stage did not use BN statistics.
 ///
 /// # Errors
@@ -32,7 +41,7 @@ pub fn bn_input_means(
     bn: &BTreeMap<String, Dist>,
     stats: &BTreeMap<String, ChannelStats>,
     cfg: &QuantizeConfig,
-) -> Result<Vec<Option<(Vec<f64>, usize)>>> {
+) -> Result<Vec<Option<InputMean>>> {
     if !cfg.correct_bias {
         return Ok(vec![None; chosen.len()]);
     }
@@ -52,7 +61,7 @@ pub fn bn_input_means(
                 .and_then(|d| d.moments.as_ref())
                 .map(|m| m.iter().map(|c| c.mean).collect::<Vec<f64>>());
             let group = node.group()?;
-            Ok(mean.map(|m| (m, group)))
+            Ok(mean.map(|mean| InputMean { mean, group }))
         })
         .collect()
 }
@@ -65,7 +74,7 @@ pub fn correct(
     model: &mut Model,
     chosen: &[Target],
     weights: &Weights,
-    bn_means: &[Option<(Vec<f64>, usize)>],
+    bn_means: &[Option<InputMean>],
     observed: &BTreeMap<String, Observed>,
     cfg: &QuantizeConfig,
 ) -> Result<usize> {

@@ -45,7 +45,7 @@ fn wanted(graph: &Graph, stats: &BTreeMap<String, ChannelStats>, cfg: &QuantizeC
     }
 }
 
-/// Runs cross-layer equalization when [`wanted`]; updates `stats` (divided by the scales).
+/// Runs cross-layer equalization when `wanted`; updates `stats` (divided by the scales).
 ///
 /// # Errors
 /// Malformed constants; tract failing to run the float-change measurement.

@@ -15,6 +15,7 @@
 use ndarray::ArrayD;
 use rayon::prelude::*;
 
+use super::bias::InputMean;
 use super::config::{Granularity, QuantizeConfig};
 use crate::error::{Error, Result};
 use crate::graph::Model;
@@ -60,8 +61,7 @@ pub fn layout_of(model: &Model, t: &Target) -> Result<Layout> {
 }
 
 /// Quantizes every chosen layer's weight. `integer[k]`: layer `k` runs with a quantized
-/// input in an integer format; `bn_means[k]`: `E[x]` per input channel and the layer's group,
-/// where BN statistics reach its input.
+/// input in an integer format; `bn_means[k]`: its input's mean from BN statistics, if any.
 ///
 /// # Errors
 /// A weight that is not a constant, non-finite weights, malformed layers.
@@ -69,7 +69,7 @@ pub fn quantize(
     model: &Model,
     chosen: &[Target],
     integer: &[bool],
-    bn_means: &[Option<(Vec<f64>, usize)>],
+    bn_means: &[Option<InputMean>],
     cfg: &QuantizeConfig,
 ) -> Result<Weights> {
     let per_axis_ok = model.opset().unwrap_or(0) >= 13;
@@ -105,7 +105,7 @@ pub fn quantize(
             )?;
             let shift = bn_mean
                 .as_ref()
-                .and_then(|(mean, group)| bias_shift(&w.values, &qw, w.layout, *group, mean));
+                .and_then(|m| bias_shift(&w.values, &qw, w.layout, m.group, &m.mean));
             Ok((qw, shift))
         })
         .collect::<Result<Vec<_>>>()?

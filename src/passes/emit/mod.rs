@@ -154,8 +154,6 @@ pub struct LayerPlan {
     pub own_output_scale: Option<f32>,
 }
 
-/// Zero-point encodings.
-
 /// Metadata key of an int8 model written by isquant: the layer table, as JSON.
 pub const LAYERS_KEY: &str = "isquant.layers";
 

@@ -32,9 +32,9 @@
 //! biases are constants. The BN statistics recorded for A's output are divided by `S_i`.
 
 //!
-//! Submodules: [`pairs`] (which chains, and the noise objective's statistics), [`layer`] (a
-//! layer's weight and accumulated scales), [`walks`] (row and column ranges per pass, DFQ's
-//! rule), [`noise`] (the noise objective), [`rewrite`] (high-bias absorption, write-back).
+//! Submodules: `pairs` (which chains, and the noise objective's statistics), `layer` (a
+//! layer's weight and accumulated scales), `walks` (row and column ranges per pass, DFQ's
+//! rule), `noise` (the noise objective), `rewrite` (high-bias absorption, write-back).
 
 mod layer;
 mod noise;

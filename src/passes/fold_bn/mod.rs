@@ -31,7 +31,7 @@
 //! Arithmetic is f64; results are stored as f32.
 //!
 //! Submodules: [`plan`] decides every BN's fate without changing anything (what `isquant
-//! inspect` reports), [`apply`] carries the decisions out, [`math`] holds the arithmetic.
+//! inspect` reports), `apply` carries the decisions out, [`math`] holds the arithmetic.
 
 mod apply;
 pub mod math;

@@ -1,6 +1,6 @@
 //! The fold analysis: for every BatchNormalization, fold backward into the layer before it,
 //! forward into the layer after it, or keep it (with the reason). Nothing is changed here;
-//! [`super::apply`] carries the decisions out.
+//! `apply` carries the decisions out.
 
 use std::collections::{HashMap, HashSet};
 

@@ -45,13 +45,12 @@ pub(super) fn activation(
     }
     Ok(match op {
         "Relu" => Some(Act::Relu),
-        "Clip" => match graph.clip_bounds(node, producers)? {
-            Some((lo, hi)) => Some(Act::Clip(
+        "Clip" => graph.clip_bounds(node, producers)?.map(|(lo, hi)| {
+            Act::Clip(
                 lo.map_or(f64::NEG_INFINITY, f64::from),
                 hi.map_or(f64::INFINITY, f64::from),
-            )),
-            None => None,
-        },
+            )
+        }),
         "LeakyRelu" => Some(Act::Leaky(f64::from(
             node.attr_float("alpha")?.unwrap_or(0.01),
         ))),

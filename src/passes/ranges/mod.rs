@@ -31,8 +31,8 @@
 //! everything else int8; zero-point 0 either way.
 
 //!
-//! Submodules: [`bn`] (the BN rule and its propagation), [`nonneg`] (non-negative values),
-//! [`observe`] (forward-pass statistics). Which rule a layer's input takes is decided in
+//! Submodules: `bn` (the BN rule and its propagation), `nonneg` (non-negative values),
+//! [`observe()`] (forward-pass statistics). Which rule a layer's input takes is decided in
 //! [`crate::pipeline::activations`].
 
 mod bn;

@@ -4,7 +4,7 @@ the models that have no BN left (MobileNetV2 folded and dynamo exports, mnist-cn
 tensor past its BNs). W8A8 per-tensor SQuant, bias correction on, `--equalize off` except the
 last row (the defaults), in ONNX Runtime.
 
-Usage: python bench/eval/ranges.py [--isquant target/release/isquant]
+Usage: python tools/eval/ranges.py [--isquant target/release/isquant]
 Prints a markdown table.
 """
 

@@ -2,7 +2,7 @@
 BN-folded MobileNetV2, with per-channel statistics from a seeded noise pass instead of BN.
 Writes the equalized float model; quantize it with `isquant quantize OUT --equalize off`.
 
-    python bench/eval/experiments/cle_noise_folded.py noise|dfq OUT.onnx [N_SIGMAS] [MODEL]
+    python tools/eval/experiments/cle_noise_folded.py noise|dfq OUT.onnx [N_SIGMAS] [MODEL]
     PINK=1 python ...   # 1/f noise (any exponent) instead of N(0,1) for the statistics
 
 docs/results.md ("Why the folded exports do not get it") has the measured results.

@@ -4,7 +4,7 @@ every Conv (gamma = std, beta = mean = the measured mean, var = the measured var
 model is unchanged), then quantize it with isquant (default flags + FLAGS) and evaluate it
 against the folded float model on the 300 imagenet-agreement views.
 
-    python bench/eval/experiments/inject_stats.py KIND [isquant quantize flags ...]
+    python tools/eval/experiments/inject_stats.py KIND [isquant quantize flags ...]
 
 KIND: real (30 of the evaluation images: an oracle, not data-free), white (N(0, 1)),
 pink<a> (1/f^a amplitude spectrum, independent colour channels), nat<a> (1/f^a fields

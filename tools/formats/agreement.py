@@ -10,7 +10,7 @@ Pairs compared (format vs the integer format with the same activation encoding):
   qdq vs convinteger --activation-type int8 (qdq is int8 only, as TensorRT wants);
   and, for scale, the --qdq-outputs all forms (extra quantization points for more fusion).
 
-Usage: python bench/formats/agreement.py MODEL.onnx [INPUT_LO INPUT_HI]
+Usage: python tools/formats/agreement.py MODEL.onnx [INPUT_LO INPUT_HI]
 """
 
 import os

@@ -9,7 +9,7 @@ Q/DQ formats again with --qdq-outputs all (--preset imagenet, so every layer is 
 per-tensor, calibrated on 8 random inputs), then median latency of 1x3x224x224 inference in
 ONNX Runtime with 1 and 2 intra-op threads, and in tract (1 thread) for float vs convinteger.
 
-Usage: python bench/formats/bench.py [--runs 20] [--out target/bench-formats]
+Usage: python tools/formats/bench.py [--runs 20] [--out target/bench-formats]
 Needs: onnx, onnxruntime, numpy, sympy (pip), target/release/isquant and
 target/release/examples/tract_latency (cargo build --release --example tract_latency).
 """

@@ -11,7 +11,7 @@ real data from ``../shared/data`` and reports, per model:
 
 Usage::
 
-    python bench/eval/eval.py --dataset fashion-mnist --data-dir ../shared/data \
+    python tools/eval/eval.py --dataset fashion-mnist --data-dir ../shared/data \
         fixtures/fmnist-small-bn.onnx out/fmnist-int8.onnx [--json out.json] [--threads 2]
 
 Importable::
@@ -512,7 +512,7 @@ def load_dataset(name: str, data_dir=None) -> Tuple[np.ndarray, Optional[np.ndar
 
 def make_session(path, threads: int = 2):
     if ort is None:
-        raise RuntimeError("onnxruntime is not installed (pip install -r bench/eval/requirements.txt)")
+        raise RuntimeError("onnxruntime is not installed (pip install -r tools/eval/requirements.txt)")
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Markdown tables for bench/eval/results.sh (reads its manifest.tsv, quantize.tsv and eval JSONs).
+"""Markdown tables for tools/eval/results.sh (reads its manifest.tsv, quantize.tsv and eval JSONs).
 
 Standard library only. Prints to stdout:
 

@@ -1,4 +1,4 @@
-//! Median latency of a model in tract (1 thread), for `bench/formats/bench.py`.
+//! Median latency of a model in tract (1 thread), for `tools/formats/bench.py`.
 //!
 //! `cargo run --release --example tract_latency -- MODEL.onnx 1,3,224,224 [RUNS]` prints
 //! `<median ms> ms`.

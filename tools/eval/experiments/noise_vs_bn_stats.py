@@ -1,7 +1,7 @@
 """How far noise-pass statistics are from the BN statistics the exporter folded away: median over
 MobileNetV2's conv outputs of |ln(std / |gamma|)| for white, pink and real-image inputs.
 
-    python bench/eval/experiments/noise_vs_bn_stats.py
+    python tools/eval/experiments/noise_vs_bn_stats.py
 
 docs/results.md ("Why the folded exports do not get it") has the measured results.
 """

@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# bench/eval/results.sh: quantize the real models over a grid of configurations with isquant and
-# measure every int8 model against its float model in ONNX Runtime (bench/eval/eval.py).
+# tools/eval/results.sh: quantize the real models over a grid of configurations with isquant and
+# measure every int8 model against its float model in ONNX Runtime (tools/eval/eval.py).
 #
-# Usage:  bench/eval/results.sh [OUT_DIR]          (OUT_DIR defaults to target/results)
+# Usage:  tools/eval/results.sh [OUT_DIR]          (OUT_DIR defaults to target/results)
 #
 # Environment:
 #   ISQUANT     isquant binary               (default target/release/isquant)
-#   PY          python with onnxruntime etc. (default python3; see bench/eval/requirements.txt)
+#   PY          python with onnxruntime etc. (default python3; see tools/eval/requirements.txt)
 #   MODELS_DIR  the float models             (default ../shared/models beside the repository)
 #   DATA_DIR    the labeled data             (default ../shared/data beside the repository)
 #   THREADS     ORT intra-op threads         (default 2)
@@ -52,7 +52,7 @@ else
   command -v "$ISQUANT" >/dev/null || { echo "results.sh: $ISQUANT not on PATH" >&2; exit 2; }
 fi
 "$PY" -c 'import onnxruntime, numpy, PIL' 2>/dev/null \
-  || { echo "results.sh: $PY lacks onnxruntime/numpy/pillow (pip install -r bench/eval/requirements.txt, or set PY)" >&2; exit 2; }
+  || { echo "results.sh: $PY lacks onnxruntime/numpy/pillow (pip install -r tools/eval/requirements.txt, or set PY)" >&2; exit 2; }
 
 rm -rf "$OUT/models" "$OUT/reports" "$OUT/logs" "$OUT/json"
 mkdir -p "$OUT/models" "$OUT/reports" "$OUT/logs" "$OUT/json"

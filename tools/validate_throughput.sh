@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Validation throughput: `isquant validate` (tract, both models) vs ONNX Runtime running the same
 # two models on the same preprocessed inputs (saved by isquant with --save-tensors).
-# Usage: PY=/path/to/python bench/validate_throughput.sh   (needs ../shared and onnxruntime)
+# Usage: PY=/path/to/python tools/validate_throughput.sh   (needs ../shared and onnxruntime)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ISQ=${ISQUANT:-target/release/isquant}

@@ -2,7 +2,7 @@
 CLE+HBA+BC} x {per-tensor, per-channel} weights, W8A8, plus W6A6 with the default options (BC),
 every labeled model, in ONNX Runtime.
 
-Usage: python bench/eval/ablation.py [--isquant target/release/isquant] [--only REGEX]
+Usage: python tools/eval/ablation.py [--isquant target/release/isquant] [--only REGEX]
 Prints a markdown table (accuracy, agreement, SQNR per config). Models are quantized with
 --format convinteger-u8 (numerically identical to the default convinteger, and 3-10x faster in
 ONNX Runtime), so the numbers are those of the default format.

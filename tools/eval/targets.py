@@ -2,7 +2,7 @@
 imagenet-agreement views, and correct labels over the 20 labeled images and their flips, for the
 BN, folded and dynamo forms, in ONNX Runtime.
 
-    python bench/eval/targets.py [extra isquant quantize flags ...]
+    python tools/eval/targets.py [extra isquant quantize flags ...]
 
 Uses target/release/isquant and ../shared/models beside the repository (ISQUANT, MODELS_DIR
 override them); the quantized models go to target/targets/.
