@@ -23,6 +23,15 @@ use crate::error::Result;
 use crate::graph::names::NameGen;
 use crate::graph::Model;
 
+/// `E[x]` of a layer's input per channel, (from BN statistics, or a forward pass) and the layer's `group`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InputMean {
+    /// One mean per input channel.
+    pub mean: Vec<f64>,
+    /// The layer's `group` (each output channel sums over its own group's inputs).
+    pub group: usize,
+}
+
 /// `δ_o = Σ_{i,k} ε[o,i,k]·E[x_i]` for every output channel, or `None` when the layout or
 /// the number of means does not fit.
 pub fn bias_shift(

@@ -258,8 +258,8 @@ fn output_scale(
             d.lo.abs().max(d.hi.abs())
         }
         (_, Some(o), ActRanges::Calibrate) => o.max_abs(),
-        // Noise-pass ranges are not trusted for an extra clipping point (they cost
-        // `--target ort` 4 dB on real images on the BN-folded MobileNetV2).
+        // Noise-pass ranges are not trusted for an extra clipping point (measured on the
+        // BN-folded MobileNetV2: `docs/experiments.md`, "Output quantizers from noise ranges").
         (_, Some(_), ActRanges::Auto) => return None,
         (_, Some(o), _) => o.sigma_rule(cfg.act_bits),
         _ => return None,

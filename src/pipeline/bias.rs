@@ -15,19 +15,10 @@ use super::weights::Weights;
 use crate::error::Result;
 use crate::graph::names::NameGen;
 use crate::graph::Model;
-use crate::passes::bias_correction::{apply_bias_shift, bias_shift};
+use crate::passes::bias_correction::{apply_bias_shift, bias_shift, InputMean};
 use crate::passes::fold_bn::ChannelStats;
 use crate::passes::ranges::{self, Dist, Observed};
 use crate::passes::targets::Target;
-
-/// `E[x]` of a layer's input per channel, from BN statistics, and the layer's `group`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct InputMean {
-    /// One mean per input channel.
-    pub mean: Vec<f64>,
-    /// The layer's `group` (each output channel sums over its own group's inputs).
-    pub group: usize,
-}
 
 /// [`InputMean`] for every chosen layer BN statistics reach (all `None` when bias correction
 /// is off). `bn` are the range stage's BN distributions,

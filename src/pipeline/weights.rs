@@ -15,11 +15,10 @@
 use ndarray::ArrayD;
 use rayon::prelude::*;
 
-use super::bias::InputMean;
 use super::config::{Granularity, QuantizeConfig};
 use crate::error::{Error, Result};
 use crate::graph::Model;
-use crate::passes::bias_correction::bias_shift;
+use crate::passes::bias_correction::{bias_shift, InputMean};
 use crate::passes::emit::Format;
 use crate::passes::targets::Target;
 use crate::passes::weights::{self, Layout, QuantizedWeight};

@@ -106,10 +106,11 @@ pub struct FloatChange {
     pub top1_agreement: f64,
 }
 
-/// Convergence threshold on `max |ln s|` of a pass (0.1 % scale change; 1 % measured 0.3–0.4 dB worse on the BN-folded MobileNetV2 exports).
+/// Convergence threshold on `max |ln s|` of a pass (a 0.1 % scale change): 1 % measured worse
+/// on the BN-folded MobileNetV2 exports (`docs/experiments.md`, "CLE convergence tolerance").
 const TOLERANCE: f64 = 1e-3;
-/// The same for noise-objective pairs (1 %): their grid's finest step is 17 %, and on
-/// MobileNetV2 (BN form) 1 % measured as well as 0.1 % (21.56 vs 21.53 dB) in fewer passes.
+/// The same for noise-objective pairs (1 %): their grid's finest step is 17 %, and 1 % measured
+/// as well as 0.1 % in fewer passes (`docs/experiments.md`, "CLE convergence tolerance").
 const NOISE_TOLERANCE: f64 = 1e-2;
 /// Pass limit.
 const MAX_PASSES: usize = 100;
@@ -309,8 +310,8 @@ fn run_passes(
     let mut centres: HashMap<usize, Option<(f64, f64)>> = HashMap::new();
     // A DFQ pair whose last scales were all within the tolerance is skipped until a
     // neighbouring pair moves one of its two layers again: DFQ's rule would then give exactly
-    // s = 1. (Noise-objective pairs always rerun: skipping them stopped their grid search early
-    // and measured 0.3 dB worse on MobileNetV2.)
+    // s = 1. (Noise-objective pairs always rerun: skipping them stopped their grid search early,
+    // which measured worse: `docs/experiments.md`, "CLE convergence tolerance".)
     let mut moved: HashMap<usize, u64> = HashMap::new();
     let mut seen: Vec<Option<(u64, u64)>> = vec![None; pairs.len()];
     for pass in 1..=MAX_PASSES {

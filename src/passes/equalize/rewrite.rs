@@ -31,9 +31,9 @@ pub(super) fn absorb_high_bias(
 ) -> Result<HashMap<usize, Vec<f64>>> {
     let mut absorbed: HashMap<usize, Vec<f64>> = HashMap::new();
     for p in pairs {
-        // B must not pad: a padded border sees zeros instead of c (the DFQ caveat), which
-        // measured a 20 % change of MobileNetV2's float logits when padded pairs were
-        // included.
+        // B must not pad: a padded border sees zeros instead of c (the DFQ caveat; including
+        // padded pairs changed MobileNetV2's float logits: `docs/experiments.md`, "High-bias
+        // absorption").
         if !model.graph.nodes[p.b].pads_nothing()? {
             continue;
         }
