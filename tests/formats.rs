@@ -68,8 +68,8 @@ fn every_format_of_every_fixture_runs_and_agrees() {
         );
         // qdq-u8 has the default's encodings plus a Q after each layer: within 7 dB. qdq is
         // int8 only (TensorRT): every non-negative tensor loses a bit, and on ppocr's
-        // hardswish/squeeze-excite stacks that compounds (real text lines: 13.2 vs 15.8 dB,
-        // docs/results.md), so its bound is 13 dB.
+        // hardswish/squeeze-excite stacks that compounds (real text lines: docs/results.md,
+        // "Output formats on MobileNetV2"), so its bound is 13 dB.
         for (f, margin) in [(Format::Qdq, 13.0), (Format::QdqU8, 7.0)] {
             let y = run(&quantized(name, f), &x);
             let db = sqnr(&float, &y);

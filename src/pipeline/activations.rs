@@ -205,8 +205,9 @@ pub fn observe(
             let seed = cfg.noise_seed;
             // SQuant's rule (`noise`) uses U[0, 1) images whatever the preprocessing (its k·σ
             // widths were tuned for that batch); the per-channel rule (`auto`) N(0, 1) images,
-            // the statistics normalised inputs have by construction. docs/results.md, "Data-free
-            // ranges where BN statistics are gone", has the measurements.
+            // the statistics normalised inputs have by construction (docs/experiments.md,
+            // "Data-free ranges: per-channel noise statistics instead of SQuant's rule" and
+            // "SQuant's rule: U[0,1) images, not the normalised input range").
             let normal =
                 cfg.act_ranges != ActRanges::Noise && cfg.noise_input == NoiseInput::Normal;
             forward_batches(

@@ -9,8 +9,9 @@
 //! - with the noise objective, when CLE reaches fewer than half of the convolutions, DFQ's
 //!   rule (`--equalize-by weights`) instead.
 //!
-//! Measurements behind each rule: `docs/results.md`, "CLE with a noise objective" and
-//! "Output formats on MobileNetV2".
+//! Measurements behind each rule: `docs/results.md`, "CLE with a noise objective", and
+//! `docs/experiments.md`, "ppocr: DFQ's rule where CLE reaches under half of the convolutions"
+//! and "No CLE under `--qdq-outputs all` where BN statistics exist".
 
 use std::collections::BTreeMap;
 

@@ -33,8 +33,8 @@ MODELS = [
 OPTIONS = {
     "none": ["--correct-bias", "off", "--equalize", "off"],
     "BC": ["--correct-bias", "on", "--equalize", "off"],
-    # DFQ's scale rule, as the table in docs/results.md was measured; the noise objective (the
-    # default of --equalize-by) has its own table there.
+    # DFQ's scale rule, as the ablation table in docs/experiments.md was measured; the noise
+    # objective (the default of --equalize-by) has its own table in docs/results.md.
     "CLE": ["--correct-bias", "off", "--equalize", "on", "--equalize-by", "weights"],
     "CLE+BC": ["--correct-bias", "on", "--equalize", "on", "--equalize-by", "weights"],
     "CLE+HBA": ["--correct-bias", "off", "--equalize", "on", "--absorb-bias", "on", "--equalize-by", "weights"],

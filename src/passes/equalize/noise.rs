@@ -291,7 +291,7 @@ fn noise_scales_from(t: &NoiseTerms, start: Option<(f64, f64)>) -> (Vec<f64>, Op
             };
             (0..steps).filter_map(row).reduce(pick)
         };
-        // Coarse to fine: steps of 1.5, 0.75, 0.5 and 0.17 in ln R (`e^{±3}` in all); later
+        // Coarse to fine: steps of 1.5, 0.75, 0.25 and 0.17 in ln R (`e^{±3}` in all); later
         // passes refine around the previous centre only.
         let mut centre = start.unwrap_or((0.0, 0.0));
         let levels: &[(f64, usize)] = if start.is_some() {

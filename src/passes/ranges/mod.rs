@@ -23,8 +23,8 @@
 //!   map, per-channel means and standard deviations from a seeded noise pass (N(0, 1) images by
 //!   default, `--noise-input uniform` for U[0, 1)) fed to the BN-analytic rule,
 //!   `max_c |μ_c ± N·σ_c|` with `N = --noise-sigmas` (4); measured against SQuant's rule in
-//!   `docs/results.md`, "Data-free ranges where BN statistics are gone". Tensors that are not
-//!   feature maps keep SQuant's rule on the same pass.
+//!   `docs/experiments.md`, "Data-free ranges: per-channel noise statistics instead of SQuant's
+//!   rule". Tensors that are not feature maps keep SQuant's rule on the same pass.
 //! - **calibrate**: the user's own inputs through the float model; `max|x|` or a percentile.
 //!
 //! Tensors that are structurally non-negative (after Relu, Clip(0, ·), Sigmoid, …) use uint8;

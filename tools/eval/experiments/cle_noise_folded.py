@@ -5,7 +5,7 @@ Writes the equalized float model; quantize it with `isquant quantize OUT --equal
     python tools/eval/experiments/cle_noise_folded.py noise|dfq OUT.onnx [N_SIGMAS] [MODEL]
     PINK=1 python ...   # 1/f noise (any exponent) instead of N(0,1) for the statistics
 
-docs/results.md ("Why the folded exports do not get it") has the measured results.
+docs/experiments.md ("Why the folded exports do not get it") has the measured results.
 """
 import sys, numpy as np, onnx
 import os as _os

@@ -11,7 +11,7 @@ pink<a> (1/f^a amplitude spectrum, independent colour channels), nat<a> (1/f^a f
 coloured with the AlexNet ImageNet RGB PCA, then ImageNet-normalised: a data-free
 natural-image prior). Environment: SPLIT=k LATE=KIND2 takes the statistics of convs >= k
 from KIND2; VARX=f multiplies every variance by f; K=k gives only the first k convs a BN. Prints the median |ln(std/std_real)| of
-the first 12 convs and the SQNR / agreement. docs/results.md ("Why the folded exports do not
+the first 12 convs and the SQNR / agreement. docs/experiments.md ("Why the folded exports do not
 get it") has the measured results.
 """
 import os
@@ -25,7 +25,7 @@ from onnx import helper, numpy_helper
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(HERE)))
-sys.path.insert(0, os.path.join(ROOT, "bench", "eval"))
+sys.path.insert(0, os.path.join(ROOT, "tools", "eval"))
 import eval as ev  # noqa: E402
 
 MODELS = os.environ.get("MODELS_DIR", os.path.join(ROOT, "..", "shared", "models"))

@@ -3,7 +3,7 @@ MobileNetV2's conv outputs of |ln(std / |gamma|)| for white, pink and real-image
 
     python tools/eval/experiments/noise_vs_bn_stats.py
 
-docs/results.md ("Why the folded exports do not get it") has the measured results.
+docs/experiments.md ("Why the folded exports do not get it") has the measured results.
 """
 import numpy as np, onnx, onnxruntime as ort, sys
 import os as _os
@@ -27,7 +27,7 @@ def pink(alpha, n=16):
         x = np.fft.irfft2(np.fft.rfft2(x) * f ** -alpha, s=(224, 224))
         x = (x - x.mean(axis=(2, 3), keepdims=True)) / x.std(axis=(2, 3), keepdims=True)
     return x.astype(np.float32)
-sys.path.insert(0, _os.path.join(_ROOT, "bench", "eval")); import eval as ev  # noqa: E402
+sys.path.insert(0, _os.path.join(_ROOT, "tools", "eval")); import eval as ev  # noqa: E402
 real = ev.load_dataset_full("imagenet-agreement").inputs[::10][:30]
 for name, x in [("white", pink(0)), ("pink0.5", pink(0.5)), ("pink1", pink(1)), ("pink1.5", pink(1.5)), ("real", real)]:
     outs = sess.run(convs, {"input": x})
