@@ -47,8 +47,8 @@ fn empty_file() {
 fn random_bytes() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("random.onnx");
-    let mut rng = crate::common::fuzz::Rng(1);
-    let bytes: Vec<u8> = (0..4096).map(|_| rng.next() as u8).collect();
+    let mut rng = crate::common::fuzz::Rng::new(1);
+    let bytes: Vec<u8> = (0..4096).map(|_| rng.next_u64() as u8).collect();
     std::fs::write(&p, bytes).unwrap();
     assert_rejected(&p, "not a valid ONNX model");
 }

@@ -294,6 +294,13 @@ impl QuantizeConfig {
                 self.format.name()
             )));
         }
+        if let Some(shape) = &self.input_shape {
+            if shape.is_empty() || shape.contains(&0) {
+                return Err(Error::Config(format!(
+                    "--input-shape {shape:?} needs positive dimensions"
+                )));
+            }
+        }
         if self.noise_batch == 0 {
             return Err(Error::Config("--noise-batch must be at least 1".into()));
         }

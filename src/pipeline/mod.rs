@@ -42,7 +42,7 @@ pub use report::{ActivationReport, LayerReport, QuantizeReport, RenderOptions};
 
 use crate::error::Result;
 use crate::graph::Model;
-use crate::passes::emit::{self, Form};
+use crate::passes::emit;
 use crate::passes::fold_bn;
 
 /// Quantizes `model` in place and reports what was done.
@@ -60,19 +60,17 @@ pub fn quantize(
     progress: &mut dyn FnMut(&str),
 ) -> Result<QuantizeReport> {
     cfg.validate(calibration.is_some_and(|c| !c.is_empty()))?;
-    let mut timings = Vec::new();
+    let mut timings = Timings::default();
 
     progress("fold-bn");
     let t = Instant::now();
-    model.graph.sort_topologically()?;
-    let mut fold = fold_bn::fold_batch_norms(model)?;
-    model.graph.sort_topologically()?;
-    timings.push(("fold-bn".to_string(), ms(t.elapsed())));
+    let mut fold = fold(model)?;
+    timings.add("fold-bn", t);
 
     let t = Instant::now();
     let equalized = equalize::run(model, &mut fold.stats, cfg, progress)?;
     if equalized.report.is_some() {
-        timings.push(("equalize".to_string(), ms(t.elapsed())));
+        timings.add("equalize", t);
     }
 
     let selection = select::select(&model.graph, cfg)?;
@@ -88,14 +86,10 @@ pub fn quantize(
     let t = Instant::now();
     let bn_means = bias::bn_input_means(model, chosen, &sources.bn, &fold.stats, cfg)?;
     let weights = weights::quantize(model, chosen, &integer, &bn_means, cfg)?;
-    let squant = t.elapsed();
-    timings.push(("squant".to_string(), ms(squant)));
+    let squant = timings.add("squant", t);
     let observed = activations::observe(model, chosen, &mut sources, cfg, calibration, progress)?;
     let bias_corrected = bias::correct(model, chosen, &weights, &bn_means, &observed, cfg)?;
-    timings.push((
-        "ranges".to_string(),
-        ms(t_ranges.elapsed().saturating_sub(squant)),
-    ));
+    timings.add_duration("ranges", t_ranges.elapsed().saturating_sub(squant));
 
     let (plans, mut layers) =
         activations::plan(model, chosen, weights.quantized, &sources, &observed, cfg);
@@ -105,27 +99,10 @@ pub fn quantize(
     let emitted = emit::emit(model, &plans, cfg.format, cfg.qdq_outputs)?;
     model.graph.remove_dead_nodes();
     model.graph.remove_unused_initializers();
-    timings.push(("emit".to_string(), ms(t.elapsed())));
+    timings.add("emit", t);
 
-    for (l, e) in layers.iter_mut().zip(&emitted) {
-        l.mode = match e.form {
-            Form::Integer => "integer",
-            Form::Qdq => "qdq",
-            Form::WeightOnly => "weight-only",
-        };
-    }
     finish::finish(model, cfg, equalized.report.as_ref(), &emitted)?;
-    let quantization_ops = model
-        .graph
-        .op_histogram()
-        .into_iter()
-        .filter(|(op, _)| {
-            matches!(
-                op.as_str(),
-                "QuantizeLinear" | "DequantizeLinear" | "ConvInteger" | "MatMulInteger"
-            ) || op.starts_with("QLinear")
-        })
-        .collect();
+    report::set_modes(&mut layers, &emitted);
     Ok(QuantizeReport {
         version: env!("CARGO_PKG_VERSION"),
         config: cfg.clone(),
@@ -133,15 +110,37 @@ pub fn quantize(
         bn_kept: fold.kept,
         layers,
         emitted,
-        quantization_ops,
+        quantization_ops: report::quantization_ops(&model.graph),
         skipped: selection.skipped,
         bias_corrected,
         equalized: equalized.report,
         equalize_note: equalized.note,
-        timings_ms: timings,
+        timings_ms: timings.0,
     })
 }
 
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
+/// The fold stage: BatchNormalization folded ([`fold_bn::fold_batch_norms`]) between two
+/// topological sorts (the passes after it need node order to be data order).
+fn fold(model: &mut Model) -> Result<fold_bn::FoldReport> {
+    model.graph.sort_topologically()?;
+    let fold = fold_bn::fold_batch_norms(model)?;
+    model.graph.sort_topologically()?;
+    Ok(fold)
+}
+
+/// Stage times, in the order the stages ran.
+#[derive(Debug, Default)]
+struct Timings(Vec<(String, f64)>);
+
+impl Timings {
+    /// Records the time since `start`; returns it.
+    fn add(&mut self, stage: &str, start: Instant) -> Duration {
+        let d = start.elapsed();
+        self.add_duration(stage, d);
+        d
+    }
+
+    fn add_duration(&mut self, stage: &str, d: Duration) {
+        self.0.push((stage.to_string(), d.as_secs_f64() * 1e3));
+    }
 }

@@ -11,6 +11,7 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use super::config::QuantizeConfig;
+use crate::graph::Graph;
 use crate::passes::emit::{EmittedLayer, Form};
 use crate::passes::equalize::EqualizeReport;
 use crate::passes::fold_bn::Folded;
@@ -295,4 +296,30 @@ impl QuantizeReport {
             );
         }
     }
+}
+
+/// Sets each layer's `mode` from what emit made of it (`integer`, `qdq`, `weight-only`).
+pub(super) fn set_modes(layers: &mut [LayerReport], emitted: &[EmittedLayer]) {
+    for (l, e) in layers.iter_mut().zip(emitted) {
+        l.mode = match e.form {
+            Form::Integer => "integer",
+            Form::Qdq => "qdq",
+            Form::WeightOnly => "weight-only",
+        };
+    }
+}
+
+/// The quantization ops a graph holds (QuantizeLinear, DequantizeLinear, ConvInteger,
+/// MatMulInteger, QLinear*) and their counts.
+pub(super) fn quantization_ops(graph: &Graph) -> BTreeMap<String, usize> {
+    graph
+        .op_histogram()
+        .into_iter()
+        .filter(|(op, _)| {
+            matches!(
+                op.as_str(),
+                "QuantizeLinear" | "DequantizeLinear" | "ConvInteger" | "MatMulInteger"
+            ) || op.starts_with("QLinear")
+        })
+        .collect()
 }

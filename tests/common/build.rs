@@ -5,18 +5,10 @@ use isquant::onnx::pb;
 use isquant::onnx::tensor::from_f32;
 use ndarray::{ArrayD, IxDyn};
 
-/// Seeded values in [-0.5, 0.5) (SplitMix64).
+/// Seeded values in [-0.5, 0.5) (the crate's generator).
 pub fn seeded(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed;
-    (0..n)
-        .map(|_| {
-            s = s.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = s;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            ((z ^ (z >> 31)) >> 40) as f32 / (1u64 << 24) as f32 - 0.5
-        })
-        .collect()
+    let mut rng = isquant::rng::SplitMix64::new(seed);
+    (0..n).map(|_| rng.unit_f32() - 0.5).collect()
 }
 
 pub fn value_info(name: &str, shape: &[i64]) -> pb::ValueInfoProto {

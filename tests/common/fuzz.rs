@@ -11,21 +11,8 @@ use std::path::Path;
 
 use bytes::Bytes;
 
-/// SplitMix64.
-pub struct Rng(pub u64);
-
-impl Rng {
-    pub fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    pub fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-}
+/// The crate's seeded generator.
+pub use isquant::rng::SplitMix64 as Rng;
 
 /// Applies one random mutation.
 pub fn mutate(src: &[u8], rng: &mut Rng) -> Vec<u8> {
@@ -40,14 +27,14 @@ pub fn mutate(src: &[u8], rng: &mut Rng) -> Vec<u8> {
         1 => {
             for _ in 0..1 + rng.below(4) {
                 let i = rng.below(v.len());
-                v[i] = rng.next() as u8;
+                v[i] = rng.next_u64() as u8;
             }
         }
         2 => v.truncate(rng.below(v.len())),
         3 => {
             let i = rng.below(v.len());
             let n = 1 + rng.below(16);
-            let ins: Vec<u8> = (0..n).map(|_| rng.next() as u8).collect();
+            let ins: Vec<u8> = (0..n).map(|_| rng.next_u64() as u8).collect();
             v.splice(i..i, ins);
         }
         4 => {
@@ -99,7 +86,7 @@ pub fn exercise(bytes: &[u8]) -> Result<(), isquant::Error> {
 
 /// Runs `n` mutated cases over `seeds` (fixture bytes), starting from `seed`.
 pub fn run(seeds: &[Vec<u8>], n: usize, seed: u64) -> Counts {
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     let mut c = Counts::default();
     let prev = std::panic::take_hook();
     std::panic::set_hook(Box::new(|_| {}));

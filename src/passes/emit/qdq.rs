@@ -76,16 +76,9 @@ pub(super) fn output_quants(
         if !n.is("Clip") {
             return None;
         }
-        let bound = |k: usize| {
-            n.input(k)
-                .and_then(|m| graph.constant_f32(m, &producers).ok().flatten())
-                .and_then(|a| a.iter().next().copied())
-                .map(f64::from)
-        };
-        let lo = bound(1).or(n.attr_float("min").ok().flatten().map(f64::from))?;
-        let hi = bound(2)
-            .or(n.attr_float("max").ok().flatten().map(f64::from))
-            .unwrap_or(f64::INFINITY);
+        // Malformed bounds were already errors in the range passes; here they are no clamp.
+        let (lo, hi) = graph.clip_bounds(n, &producers).ok().flatten()?;
+        let (lo, hi) = (f64::from(lo?), hi.map_or(f64::INFINITY, f64::from));
         (lo >= 0.0).then_some(hi)
     };
     let unsigned_ok = format == Format::QdqU8;

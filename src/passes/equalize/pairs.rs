@@ -145,19 +145,14 @@ fn tensor_moments(
     };
     Ok(match n.op_type.as_str() {
         "Relu" => first(0)?.map(|x| clipped(x, 0.0, f64::INFINITY)),
-        "Clip" => {
-            let bound = |k: usize, attr: &str| -> Result<Option<f32>> {
-                Ok(match n.input(k).filter(|s| !s.is_empty()) {
-                    Some(b) => g
-                        .constant_f32(b, producers)?
-                        .and_then(|a| a.iter().next().copied()),
-                    None => n.attr_float(attr)?,
-                })
-            };
-            let lo = bound(1, "min")?.map_or(f64::NEG_INFINITY, f64::from);
-            let hi = bound(2, "max")?.map_or(f64::INFINITY, f64::from);
-            first(0)?.map(|x| clipped(x, lo, hi))
-        }
+        "Clip" => match g.clip_bounds(n, producers)? {
+            Some((lo, hi)) => {
+                let lo = lo.map_or(f64::NEG_INFINITY, f64::from);
+                let hi = hi.map_or(f64::INFINITY, f64::from);
+                first(0)?.map(|x| clipped(x, lo, hi))
+            }
+            None => None,
+        },
         "Add" => match (first(0)?, first(1)?) {
             (Some((ma, ea)), Some((mb, eb))) if ma.len() == mb.len() => Some(
                 ma.iter()
