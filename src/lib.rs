@@ -78,14 +78,40 @@ pub fn save(
     onnx::io::write_model(&model.to_proto(), output, external, &protected)
 }
 
+/// The files [`save`] may write for `output`: the model and `<output>.data`.
+#[must_use]
+pub fn output_files(output: &Path) -> Vec<PathBuf> {
+    let mut v = vec![output.to_path_buf()];
+    if let Some(name) = output.file_name() {
+        v.push(output.with_file_name(format!("{}.data", name.to_string_lossy())));
+    }
+    v
+}
+
+/// Refuses `path` as the destination of a report or metrics file when it is one of `protected`
+/// (the input model, its data files, the output model and its data file), whatever path names
+/// it. Call it before the work, so that nothing is written when it fails.
+///
+/// # Errors
+/// `path` is one of `protected`.
+pub fn check_destination(path: &Path, protected: &[PathBuf]) -> Result<()> {
+    if let Some(p) = protected.iter().find(|p| onnx::io::same_file(path, p)) {
+        return Err(Error::Config(format!(
+            "refusing to write {} over {} (an input model, its data, or the output model of this run; choose another path)",
+            path.display(),
+            p.display()
+        )));
+    }
+    Ok(())
+}
+
 /// Writes a file other than a model (a report, JSON metrics) atomically, never over one of
-/// `protected` (the input model, its data, the output model).
+/// `protected` ([`check_destination`]).
 ///
 /// # Errors
 /// `path` is protected, or cannot be written.
 pub fn write_file(path: &Path, bytes: &[u8], protected: &[PathBuf]) -> Result<()> {
-    let protected: Vec<&Path> = protected.iter().map(PathBuf::as_path).collect();
-    onnx::io::refuse_overwriting(path, &protected)?;
+    check_destination(path, protected)?;
     onnx::io::write_atomic(path, bytes)
 }
 

@@ -107,6 +107,56 @@ fn written_models_are_atomic_and_never_overwrite_the_input() {
     assert_eq!(leftovers, vec![std::ffi::OsString::from("m.onnx")]);
 }
 
+/// `--report` and `validate --json` may land neither on the input model nor on the output model
+/// or its data file; the refusal comes before any file is written.
+#[test]
+fn reports_never_overwrite_a_model_of_the_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("m.onnx");
+    std::fs::copy(fixture("fmnist-small-bn.onnx"), &input).unwrap();
+    let before = std::fs::read(&input).unwrap();
+    let out = dir.path().join("q.onnx");
+    let data = dir.path().join("q.onnx.data");
+    for (target, extra) in [
+        (&input, vec![]),
+        (&out, vec![]),
+        (&data, vec!["--external-data"]),
+    ] {
+        for flag in ["--report", "--json"] {
+            let mut args = vec![
+                "quantize",
+                input.to_str().unwrap(),
+                "-o",
+                out.to_str().unwrap(),
+                flag,
+                target.to_str().unwrap(),
+            ];
+            if flag == "--json" {
+                args.push("--validate");
+            }
+            args.extend(extra.iter().copied());
+            let r = isquant(&args);
+            assert_eq!(r.code, 2, "{flag} {}: {}", target.display(), r.stdout);
+            assert!(r.stderr.contains("refusing to write"), "{}", r.stderr);
+            assert!(
+                !out.exists() && !data.exists(),
+                "{flag} {}",
+                target.display()
+            );
+            assert_eq!(std::fs::read(&input).unwrap(), before);
+        }
+    }
+    let r = isquant(&[
+        "validate",
+        input.to_str().unwrap(),
+        input.to_str().unwrap(),
+        "--json",
+        input.to_str().unwrap(),
+    ]);
+    assert_eq!(r.code, 2, "{}", r.stdout);
+    assert_eq!(std::fs::read(&input).unwrap(), before);
+}
+
 #[test]
 fn writer_spills_to_external_data_when_asked() {
     let dir = tempfile::tempdir().unwrap();

@@ -15,7 +15,10 @@ they are expected where a change fixes the summary.
 Usage (from the repository root; needs `pip install onnx`):
 
     python tools/compare_outputs.py BEFORE_BIN AFTER_BIN [--out DIR] [--new-key isquant.layers]
-        [--only SUBSTRING] [--configs default,format=qdq,...]
+        [--only SUBSTRING] [--configs default,format=qdq,...] [--extended]
+
+`--extended` runs the other options instead (granularity, bits, rounding, range sources,
+equalization variants, bias correction, skips): every branch of the pipeline.
 
 Prints one line per (model, configuration) and a summary; exit code 0 when every output is
 identical (up to the listed keys), 1 otherwise.
@@ -52,6 +55,25 @@ CONFIGS = {
     "target=ort": ["--target", "ort"],
     "target=ort-legacy": ["--target", "ort-legacy"],
     "target=tensorrt": ["--target", "tensorrt"],
+}
+
+
+# Options beyond the formats (`--extended`): every choice the pipeline branches on.
+EXTENDED = {
+    "per-channel": ["--granularity", "per-channel"],
+    "w6a6-nearest": ["--weight-bits", "6", "--act-bits", "6", "--rounding", "nearest"],
+    "w4a8-squant-k": ["--weight-bits", "4", "--rounding", "squant-k"],
+    "act-ranges-bn": ["--act-ranges", "bn"],
+    "act-ranges-noise": ["--act-ranges", "noise"],
+    "noise-uniform": ["--noise-input", "uniform", "--noise-seed", "3"],
+    "equalize-on-weights": ["--equalize", "on", "--equalize-by", "weights"],
+    "equalize-off": ["--equalize", "off"],
+    "relu6-relu": ["--equalize", "on", "--relu6", "relu"],
+    "absorb-bias": ["--equalize", "on", "--absorb-bias", "on"],
+    "no-bias-correction": ["--correct-bias", "off"],
+    "input-range-keep-last": ["--input-range", "-2:2.5", "--keep-last-float"],
+    "skip-glob": ["--skip", "*Conv*", "--keep-first-float"],
+    "int8-acts-qdq-u8-all": ["--activation-type", "int8", "--format", "qdq-u8", "--qdq-outputs", "all"],
 }
 
 
@@ -139,11 +161,14 @@ def main() -> int:
                     help="metadata key the AFTER binary adds on purpose (repeatable)")
     ap.add_argument("--only", help="only models whose file name contains this")
     ap.add_argument("--configs", help="comma-separated subset of: " + ", ".join(CONFIGS))
+    ap.add_argument("--extended", action="store_true",
+                    help="the other options instead of the formats: " + ", ".join(EXTENDED))
     args = ap.parse_args()
     new_keys = set(args.new_key)
-    configs = CONFIGS
+    table = EXTENDED if args.extended else CONFIGS
+    configs = table
     if args.configs:
-        configs = {k: CONFIGS[k] for k in args.configs.split(",")}
+        configs = {k: table[k] for k in args.configs.split(",")}
     out = Path(args.out)
     (out / "before").mkdir(parents=True, exist_ok=True)
     (out / "after").mkdir(parents=True, exist_ok=True)

@@ -120,14 +120,14 @@ fn describe_written(output: &std::path::Path, w: &isquant::onnx::io::Written) ->
     line
 }
 
-/// The protected files of a run: the input model, its external data, and outputs already
-/// chosen (a report may overwrite none of them).
+/// The protected files of a run: the input model, its external data, and the output model
+/// and its data file (a report may overwrite none of them).
 fn protected(
     input: &std::path::Path,
     loaded: &isquant::LoadedModel,
-    more: &[&std::path::Path],
+    output: Option<&std::path::Path>,
 ) -> Vec<PathBuf> {
     let mut v = loaded.source_files(input);
-    v.extend(more.iter().map(|p| p.to_path_buf()));
+    v.extend(output.map(isquant::output_files).unwrap_or_default());
     v
 }

@@ -204,6 +204,11 @@ pub(super) fn run(args: QuantizeArgs) -> isquant::Result<ExitCode> {
     let cfg = args.config()?;
     cfg.validate(args.calibrate.is_some())?;
     let loaded = isquant::load(&args.input)?;
+    // Report files may not land on the input or the output: refused before any work.
+    let keep = protected(&args.input, &loaded, Some(&args.output));
+    for path in args.report.iter().chain(&args.inputs.json) {
+        isquant::check_destination(path, &keep)?;
+    }
     let original = loaded.model.clone();
     let size_before = isquant::onnx::io::encode_model(&original.to_proto()).len();
     let calibration = match &args.calibrate {
@@ -236,7 +241,6 @@ pub(super) fn run(args: QuantizeArgs) -> isquant::Result<ExitCode> {
     if let Some(path) = &args.report {
         let json = serde_json::to_vec_pretty(&report)
             .map_err(|e| isquant::Error::Config(format!("cannot encode the report: {e}")))?;
-        let keep = protected(&args.input, &loaded, &[&args.output]);
         isquant::write_file(path, &json, &keep)?;
         out!("report     {}", path.display());
     }
@@ -246,7 +250,6 @@ pub(super) fn run(args: QuantizeArgs) -> isquant::Result<ExitCode> {
         start.elapsed()
     );
     if args.validate || !args.validate_inputs.is_empty() {
-        let keep = protected(&args.input, &loaded, &[&args.output]);
         return run_validation(
             &original,
             &model,

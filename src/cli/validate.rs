@@ -89,7 +89,7 @@ pub(super) struct InputArgs {
     per_layer: bool,
     /// Write the metrics as JSON.
     #[arg(long, value_name = "FILE")]
-    json: Option<PathBuf>,
+    pub(super) json: Option<PathBuf>,
     /// Save the preprocessed inputs and both models' first outputs as .npy (inputs.npy,
     /// float.npy, int8.npy) and labels.txt here, e.g. to check them in another runtime.
     #[arg(long, value_name = "DIR")]
@@ -198,6 +198,9 @@ pub(super) fn run(args: ValidateArgs) -> isquant::Result<ExitCode> {
     let int8 = isquant::load(&args.int8)?;
     let mut keep = float.source_files(&args.float);
     keep.extend(int8.source_files(&args.int8));
+    if let Some(path) = &args.inputs.json {
+        isquant::check_destination(path, &keep)?;
+    }
     run_validation(
         &float.model,
         &int8.model,

@@ -327,9 +327,25 @@ fn entry(key: &str, value: &str) -> pb::StringStringEntryProto {
     }
 }
 
-fn same_file(a: &Path, b: &Path) -> bool {
-    match (fs::canonicalize(a), fs::canonicalize(b)) {
-        (Ok(a), Ok(b)) => a == b,
+/// Where a path points: the canonical path of an existing file, or of its existing directory
+/// joined with its file name (a file about to be written).
+fn resolved(p: &Path) -> Option<PathBuf> {
+    if let Ok(c) = fs::canonicalize(p) {
+        return Some(c);
+    }
+    let name = p.file_name()?;
+    let dir = match p.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    fs::canonicalize(dir).ok().map(|d| d.join(name))
+}
+
+/// Whether two paths name the same file (through links, `..`, relative paths), whether it
+/// exists yet or not.
+pub fn same_file(a: &Path, b: &Path) -> bool {
+    match (resolved(a), resolved(b)) {
+        (Some(a), Some(b)) => a == b,
         _ => false,
     }
 }

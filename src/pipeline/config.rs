@@ -63,7 +63,7 @@ pub enum NoiseInput {
 pub enum Equalize {
     /// On for models with depthwise convolutions (MobileNet-style), with DFQ's rule where
     /// CLE reaches under half of the convolutions, and off under `--qdq-outputs all` when BN
-    /// statistics exist (`pipeline::equalize` says why).
+    /// statistics exist (as measured; see docs/results.md).
     #[default]
     Auto,
     /// Always.

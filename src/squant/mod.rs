@@ -70,7 +70,7 @@ use rayon::prelude::*;
 pub enum Rounding {
     /// Round to nearest, ties to even (RTN).
     Nearest,
-    /// SQuant-E: element-wise only, identical to [`Rounding::Nearest`].
+    /// SQuant-E: element-wise only, identical to nearest.
     SquantE,
     /// SQuant-K: kernel stage only (equals RTN when `K == 1`).
     SquantK,

@@ -69,7 +69,8 @@ pub mod qdq;
 /// Output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
 pub enum Format {
-    /// QuantizeLinear + ConvInteger/MatMulInteger + rescale, int8/uint8 zero-point 0.
+    /// QuantizeLinear + ConvInteger/MatMulInteger + rescale, int8/uint8 zero-point 0 (integer
+    /// arithmetic in tract and ONNX Runtime >= 1.24).
     #[default]
     #[serde(rename = "convinteger")]
     #[value(name = "convinteger")]

@@ -143,11 +143,10 @@ pub(super) struct PairStats {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum Objective {
-    /// DFQ: `s_i = sqrt(r1_i / r2_i)`, equal weight ranges on both sides.
+    /// DFQ: equal weight ranges on both sides, s_i = sqrt(r1_i / r2_i).
     Weights,
-    /// Minimise the modelled quantization noise at B's output from A's weights, the
-    /// activation between and B's weights ([`noise_scales`]), with BN statistics; pairs they
-    /// do not reach use [`Objective::Weights`].
+    /// Minimise the modelled int8 noise of both layers' weights and of the activation between
+    /// them, from BN statistics; pairs without statistics use `weights`.
     #[default]
     Noise,
 }

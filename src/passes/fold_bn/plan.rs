@@ -88,8 +88,11 @@ pub fn analyze(graph: &Graph) -> Result<Vec<BnVerdict>> {
         }
         let verdict = match analyze_one(graph, i, &producers, &consumers, &outputs)? {
             BnVerdict::Keep { bn, reason } => {
+                // A malformed neighbour is a reason to keep the BN here (folding reports the
+                // error itself), so that `inspect` describes any model it can load.
                 let forward = match BnParams::read(graph, node, &producers) {
-                    Ok(p) => plan_forward(graph, bn, &p, &producers, &consumers, &outputs)?,
+                    Ok(p) => plan_forward(graph, bn, &p, &producers, &consumers, &outputs)
+                        .unwrap_or_else(|e| Err(e.to_string())),
                     Err(e) => Err(e.to_string()),
                 };
                 match forward {
@@ -299,6 +302,9 @@ fn plan_forward(
         )));
     };
     let first = next;
+    if p.is_empty() {
+        return Ok(Err("it has no channels".into()));
+    }
     let s = p.scale();
     // A forward fold scales each *input* channel of the next layer's weight by `s_i`. A
     // near-dead channel (running variance ≈ 0 after the ReLU) has a huge `s_i` and would

@@ -83,11 +83,12 @@ impl Dist {
     /// The BN rule on per-channel moments: [`stats::gaussian_range`]; `None` without a usable
     /// channel or for an infinite range.
     pub(super) fn from_moments(m: Vec<Moments>, n: f64, rule: RangeRule) -> Option<Dist> {
-        if !m.iter().any(|c| !c.mean.is_nan() && !c.var.is_nan()) {
+        // A NaN variance counts as 0 (`f64::max` drops NaN); a NaN mean drops the channel.
+        if m.iter().all(|c| c.mean.is_nan()) {
             return None;
         }
         let means: Vec<f64> = m.iter().map(|c| c.mean).collect();
-        let vars: Vec<f64> = m.iter().map(|c| c.var).collect();
+        let vars: Vec<f64> = m.iter().map(|c| c.var.max(0.0)).collect();
         let (lo, hi) = stats::gaussian_range(&means, &vars, n);
         (lo.is_finite() && hi.is_finite()).then_some(Dist {
             moments: Some(m),
