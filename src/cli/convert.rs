@@ -4,6 +4,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
+use isquant::onnx::io::Written;
+
 use super::{describe_written, out};
 
 #[derive(clap::Args, Debug)]
@@ -19,15 +21,20 @@ pub(super) struct ConvertArgs {
     external_data: bool,
 }
 
-pub(super) fn convert(args: &ConvertArgs) -> isquant::Result<ExitCode> {
-    let start = Instant::now();
-    let loaded = isquant::load(&args.input)?;
-    let written = isquant::save(
+/// Writes the (possibly edited) model next to nothing it was read from.
+fn save(loaded: &isquant::LoadedModel, args: &ConvertArgs) -> isquant::Result<Written> {
+    isquant::save(
         &loaded.model,
         &args.output,
         args.external_data,
         &loaded.source_files(&args.input),
-    )?;
+    )
+}
+
+pub(super) fn convert(args: &ConvertArgs) -> isquant::Result<ExitCode> {
+    let start = Instant::now();
+    let loaded = isquant::load(&args.input)?;
+    let written = save(&loaded, args)?;
     out!(
         "wrote {} in {:.2?}",
         describe_written(&args.output, &written),
@@ -46,12 +53,7 @@ pub(super) fn fold_bn(args: &ConvertArgs) -> isquant::Result<ExitCode> {
     let start = Instant::now();
     let mut loaded = isquant::load(&args.input)?;
     let report = isquant::passes::fold_bn::fold_batch_norms(&mut loaded.model)?;
-    let written = isquant::save(
-        &loaded.model,
-        &args.output,
-        args.external_data,
-        &loaded.source_files(&args.input),
-    )?;
+    let written = save(&loaded, args)?;
     out!(
         "folded {} BatchNormalization node(s), kept {}",
         report.folded.len(),

@@ -53,6 +53,28 @@ fn new_initializer(
     name
 }
 
+/// Gives `layer` the folded weight and bias as new initializers (fresh names from its weight,
+/// and from its bias or `{weight}_bias`), in that order.
+fn set_weight_and_bias(
+    graph: &mut Graph,
+    names: &mut NameGen,
+    layer: usize,
+    w: ArrayD<f32>,
+    b: Vec<f32>,
+) {
+    let node = &graph.nodes[layer];
+    let w_name = node.input(1).unwrap_or("").to_string();
+    let b_base = node
+        .input(2)
+        .map_or_else(|| format!("{w_name}_bias"), str::to_string);
+    let w_new = new_initializer(graph, names, &w_name, w);
+    let b_new = new_initializer(graph, names, &b_base, vec_array(b));
+    let node = &mut graph.nodes[layer];
+    node.inputs.resize(3, String::new());
+    node.inputs[1] = w_new;
+    node.inputs[2] = b_new;
+}
+
 fn vec_array(v: Vec<f32>) -> ArrayD<f32> {
     ndarray::Array1::from(v).into_dyn()
 }
@@ -119,16 +141,8 @@ pub(super) fn fold_backward(
             }
             let b_vals: Option<Vec<f32>> = bias.map(|b| b.iter().copied().collect());
             let b2 = fold_bias(b_vals.as_deref(), p);
-            let w_new = new_initializer(graph, names, &w_name, w2);
-            let b_base = lnode
-                .input(2)
-                .map_or_else(|| format!("{w_name}_bias"), str::to_string);
-            let b_new = new_initializer(graph, names, &b_base, vec_array(b2));
-            let node = &mut graph.nodes[layer];
-            node.inputs.resize(3, String::new());
-            node.inputs[1] = w_new;
-            node.inputs[2] = b_new;
-            node.outputs[0] = bn_out;
+            set_weight_and_bias(graph, names, layer, w2, b2);
+            graph.nodes[layer].outputs[0] = bn_out;
         }
         FoldKind::Gemm => {
             if w.ndim() != 2 {
@@ -158,16 +172,14 @@ pub(super) fn fold_backward(
                     (t[j] * c0 + a[j] / beta_eff) as f32
                 })
                 .collect();
-            let w_new =
-                new_initializer(graph, names, &w_name, scale_matrix_outputs(&w, &t, trans_b));
-            let c_base = lnode
-                .input(2)
-                .map_or_else(|| format!("{w_name}_bias"), str::to_string);
-            let c_new = new_initializer(graph, names, &c_base, vec_array(c2));
+            set_weight_and_bias(
+                graph,
+                names,
+                layer,
+                scale_matrix_outputs(&w, &t, trans_b),
+                c2,
+            );
             let node = &mut graph.nodes[layer];
-            node.inputs.resize(3, String::new());
-            node.inputs[1] = w_new;
-            node.inputs[2] = c_new;
             if beta_eff != beta_g {
                 node.set_attr(attrs::make_float("beta", beta_eff as f32));
             }
@@ -279,15 +291,7 @@ pub(super) fn fold_forward(
             None => None,
         };
         let (w2, b2) = forward_fold_conv(&w, b.as_deref(), &s, &a);
-        let w_new = new_initializer(graph, names, &w_name, w2);
-        let b_base = next_node
-            .input(2)
-            .map_or_else(|| format!("{w_name}_bias"), str::to_string);
-        let b_new = new_initializer(graph, names, &b_base, vec_array(b2));
-        let node = &mut graph.nodes[layer];
-        node.inputs.resize(3, String::new());
-        node.inputs[1] = w_new;
-        node.inputs[2] = b_new;
+        set_weight_and_bias(graph, names, layer, w2, b2);
     } else {
         let gemm = next_node;
         let trans_b = gemm.attr_int("transB")?.unwrap_or(0) != 0;
@@ -311,15 +315,8 @@ pub(super) fn fold_forward(
         };
         let beta_eff = if c.is_some() { beta_g } else { 1.0 };
         let (w2, c2) = forward_fold_gemm(&w, c.as_deref(), &sf, &af, trans_b, alpha, beta_eff);
-        let w_new = new_initializer(graph, names, &w_name, w2);
-        let c_base = gemm
-            .input(2)
-            .map_or_else(|| format!("{w_name}_bias"), str::to_string);
-        let c_new = new_initializer(graph, names, &c_base, vec_array(c2));
+        set_weight_and_bias(graph, names, layer, w2, c2);
         let node = &mut graph.nodes[layer];
-        node.inputs.resize(3, String::new());
-        node.inputs[1] = w_new;
-        node.inputs[2] = c_new;
         if beta_eff != beta_g {
             node.set_attr(attrs::make_float("beta", beta_eff as f32));
         }
