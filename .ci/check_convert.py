@@ -8,7 +8,6 @@ with --external-data, then require:
 Prints one line per model and a closing "N passed, M failed" line; exits 1 on any failure.
 """
 
-import glob
 import os
 import subprocess
 import sys
@@ -17,6 +16,8 @@ import tempfile
 import numpy as np
 import onnx
 import onnxruntime as ort
+
+import ci_models  # the model list, beside this script
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.join(ROOT, "target", "release", "isquant")
@@ -80,9 +81,7 @@ def check(model, tmp):
 
 
 def main():
-    models = sorted(glob.glob(os.path.join(ROOT, "fixtures", "*.onnx")))
-    shared = os.path.join(ROOT, "..", "shared", "models")
-    models += sorted(glob.glob(os.path.join(shared, "*.onnx")))
+    models = ci_models.models(ROOT, skip_external=False)
     passed = failed = 0
     with tempfile.TemporaryDirectory() as tmp:
         for m in models:

@@ -16,7 +16,6 @@ flags, then require:
 Prints one line per model and a closing "N passed, M failed" line; exits 1 on any failure.
 """
 
-import glob
 import os
 import subprocess
 import sys
@@ -25,6 +24,8 @@ import tempfile
 import numpy as np
 import onnx
 import onnxruntime as ort
+
+import ci_models  # the model list, beside this script
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools", "formats"))
 from agreement import forced_steps  # noqa: E402
@@ -148,10 +149,7 @@ def check(model, tmp):
 
 
 def main():
-    models = sorted(glob.glob(os.path.join(ROOT, "fixtures", "*.onnx")))
-    models = [m for m in models if "-external" not in m]
-    shared = os.path.join(ROOT, "..", "shared", "models")
-    models += sorted(glob.glob(os.path.join(shared, "*.onnx")))
+    models = ci_models.models(ROOT, skip_external=True)
     passed = failed = 0
     with tempfile.TemporaryDirectory() as tmp:
         for m in models:

@@ -552,3 +552,58 @@ fn non_negative_values_pass_through_gather_slice_and_pad() {
         assert!(!nonneg.contains(v), "{v}: {nonneg:?}");
     }
 }
+
+/// Two graphs: Conv → BN → HardSwish → Conv, once with the HardSwish op and once written as
+/// Paddle writes it, `x · clip(x + 3, 0, 6) / 6`. The BN rule gives both the same range for the
+/// second Conv's input (HardSwish's minimum is −0.375), not the identity's (its whole negative
+/// side), which on PP-OCRv4 compounded layer after layer.
+#[test]
+fn decomposed_hardswish_gets_the_hardswish_range() {
+    use crate::common::build::{i, ints, Builder};
+    let base = |b: Builder| {
+        b.input("x", &[-1, 3, 8, 8])
+            .output("y")
+            .random("w1", &[4, 3, 3, 3], 1.0, 0.0)
+            .random("w2", &[4, 4, 1, 1], 1.0, 0.0)
+            .bn_params("bn", 4, 1.0)
+            .node(
+                "Conv",
+                &["x", "w1"],
+                &["c1"],
+                vec![ints("pads", &[1, 1, 1, 1]), i("group", 1)],
+            )
+            .bn("c1", "bn", "b1")
+    };
+    let direct = base(Builder::new(14))
+        .node("HardSwish", &["b1"], &["h"], vec![])
+        .node("Conv", &["h", "w2"], &["y"], vec![])
+        .build();
+    let decomposed = base(Builder::new(13))
+        .init("three", &[], vec![3.0])
+        .init("zero", &[], vec![0.0])
+        .init("six", &[], vec![6.0])
+        .node("Add", &["b1", "three"], &["t"], vec![])
+        .node("Clip", &["t", "zero", "six"], &["g"], vec![])
+        .node("Mul", &["b1", "g"], &["p"], vec![])
+        .node("Div", &["p", "six"], &["h"], vec![])
+        .node("Conv", &["h", "w2"], &["y"], vec![])
+        .build();
+    let range = |m: pb::ModelProto| {
+        let mut m = Model::from_proto(m).unwrap();
+        let fold = isquant::passes::fold_bn::fold_batch_norms(&mut m).unwrap();
+        let d = isquant::passes::ranges::bn_ranges(&m.graph, &fold.stats, 6.0).unwrap();
+        let h = d.get("h").unwrap().clone();
+        (h.lo, h.hi, h.moments.unwrap())
+    };
+    let (lo_a, hi_a, m_a) = range(direct);
+    let (lo_b, hi_b, m_b) = range(decomposed);
+    assert!((lo_a + 0.375).abs() < 1e-3, "HardSwish op: {lo_a}");
+    // Both ranges are sampled on 2049 points (of one interval, or of each channel's).
+    assert!(
+        (lo_b - lo_a).abs() < 1e-3 && (hi_b - hi_a).abs() < 1e-6 * hi_a,
+        "{lo_a}..{hi_a} vs {lo_b}..{hi_b}"
+    );
+    for (a, b) in m_a.iter().zip(&m_b) {
+        assert!((a.mean - b.mean).abs() < 1e-9 && (a.var - b.var).abs() < 1e-9);
+    }
+}

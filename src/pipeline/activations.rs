@@ -226,7 +226,14 @@ pub fn observe(
             )?
         }
     };
-    ranges::observe(model, &values, &batches, 97, |_, _| {})
+    // A pass over large inputs takes seconds per batch: say how far it is.
+    let mut last = std::time::Instant::now();
+    ranges::observe(model, &values, &batches, 97, |done, total| {
+        if done < total && last.elapsed().as_secs_f64() >= 2.0 {
+            last = std::time::Instant::now();
+            progress(&format!("forward pass: {done} of {total} batches"));
+        }
+    })
 }
 
 /// The range a forward pass gives a tensor, and the rule that set it.

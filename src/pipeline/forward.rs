@@ -24,11 +24,39 @@ pub fn forward_shape(model: &Model, input_shape: Option<&[usize]>) -> Result<Vec
             .map(|d| d.map_or("?".to_string(), |v| v.to_string()))
             .collect();
         return Err(Error::Config(format!(
-            "input `{name}` has shape [{}]: give the shape for the forward pass with --input-shape (e.g. 1,3,224,224)",
-            shown.join(", ")
+            "input `{name}` has shape [{}]: give the shape for the forward pass with --input-shape {}",
+            shown.join(", "),
+            shape_hint(&shape)
         )));
     }
     Ok(shape)
+}
+
+/// An `--input-shape` value for a shape with open dimensions: the known ones kept, the batch 1,
+/// the open ones named (`H`, `W` in the last two places of a 4-D input, else `D<k>`), so the hint
+/// fits the model instead of always reading `1,3,224,224`.
+fn shape_hint(shape: &[Option<usize>]) -> String {
+    let rank = shape.len();
+    if rank == 0 {
+        return "1,C,H,W".to_string();
+    }
+    let dims: Vec<String> = shape
+        .iter()
+        .enumerate()
+        .map(|(k, d)| match (k, d) {
+            (_, Some(v)) => v.to_string(),
+            (0, None) => "1".to_string(),
+            (k, None) if rank == 4 && k == 2 => "H".to_string(),
+            (k, None) if rank == 4 && k == 3 => "W".to_string(),
+            (k, None) => format!("D{k}"),
+        })
+        .collect();
+    let open = shape.iter().skip(1).any(Option::is_none);
+    if open {
+        format!("{} (the open dimensions filled in)", dims.join(","))
+    } else {
+        dims.join(",")
+    }
 }
 
 /// Inputs for a forward pass: `count` samples of the model's input shape, in batches of
@@ -62,4 +90,25 @@ pub fn forward_batches(
         k += 1;
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shape_hint;
+
+    #[test]
+    fn hint_keeps_the_known_dimensions() {
+        assert_eq!(
+            shape_hint(&[None, Some(3), Some(48), None]),
+            "1,3,48,W (the open dimensions filled in)"
+        );
+        assert_eq!(
+            shape_hint(&[None, Some(3), None, None]),
+            "1,3,H,W (the open dimensions filled in)"
+        );
+        assert_eq!(
+            shape_hint(&[Some(1), None, Some(8)]),
+            "1,D1,8 (the open dimensions filled in)"
+        );
+    }
 }

@@ -9,12 +9,14 @@
 //! through the metadata a quantized model carries.
 
 pub mod layers;
+pub mod outputs;
 pub mod render;
 
 use ndarray::ArrayD;
 use serde::Serialize;
 
 pub use layers::LayerMetrics;
+pub use outputs::OutputKindMetrics;
 pub use render::Thresholds;
 
 use crate::error::{Error, Result};
@@ -45,6 +47,10 @@ pub struct OutputMetrics {
     pub float_accuracy: Option<f64>,
     /// int8 model's top-1 accuracy on labeled samples.
     pub int8_accuracy: Option<f64>,
+    /// Maps (`[N, C, H, W]`): per-channel SQNR and mask IoU; sequences (`[N, T, C]`): step
+    /// agreement and identical greedy-CTC decodings.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub details: Option<OutputKindMetrics>,
 }
 
 /// Everything `validate` measured.
@@ -196,6 +202,7 @@ pub fn validate(
     struct Partial {
         kept: Option<(ArrayD<f32>, ArrayD<f32>)>,
         outputs: Vec<(Sums, Vec<usize>)>,
+        kinds: Vec<outputs::Partial>,
         rows: Vec<Vec<(Vec<usize>, Vec<usize>)>>,
         layers: Vec<(Sums, ChannelFit)>,
     }
@@ -209,6 +216,7 @@ pub fn validate(
         let a = f.run(std::slice::from_ref(&x))?;
         let b = q.run(std::slice::from_ref(&x))?;
         let mut outputs = Vec::new();
+        let mut kinds = Vec::new();
         let mut rows = Vec::new();
         for o in 0..n_out {
             let (Some(ra), Some(rb)) = (a.get(o), b.get(o)) else {
@@ -217,6 +225,9 @@ pub fn validate(
             let mut s = Sums::default();
             s.add(ra, rb);
             outputs.push((s, ra.shape().to_vec()));
+            let mut k = outputs::Partial::default();
+            k.add(ra, rb);
+            kinds.push(k);
             let classes = if ra.ndim() == 2 { ra.shape()[1] } else { 0 };
             let mut r = Vec::new();
             if classes > 1 {
@@ -249,6 +260,7 @@ pub fn validate(
         Ok(Partial {
             kept,
             outputs,
+            kinds,
             rows,
             layers,
         })
@@ -274,12 +286,16 @@ pub fn validate(
     let mut outputs = Vec::new();
     for o in 0..n_out {
         let mut sums = Sums::default();
+        let mut kind = outputs::Partial::default();
         let mut shape = Vec::new();
         let mut all_rows: Vec<&(Vec<usize>, Vec<usize>)> = Vec::new();
         for p in &partials {
             if let Some((s, sh)) = p.outputs.get(o) {
                 sums.merge(s);
                 shape.clone_from(sh);
+            }
+            if let Some(k) = p.kinds.get(o) {
+                kind.merge(k);
             }
             if let Some(r) = p.rows.get(o) {
                 all_rows.extend(r.iter());
@@ -327,6 +343,7 @@ pub fn validate(
             top5_agreement: if classes >= 5 { frac(top5, rows) } else { None },
             float_accuracy: frac(acc_f, n_lab),
             int8_accuracy: frac(acc_q, n_lab),
+            details: kind.metrics(),
         });
     }
     let layers = layers::metrics(int8, &probes, &extra, |k| {

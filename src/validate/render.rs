@@ -97,6 +97,41 @@ pub fn render(v: &Validation, source: &str) -> String {
             o.sqnr_db, o.cosine, o.max_abs_error
         );
         let _ = writeln!(s, "{line}");
+        match &o.details {
+            Some(super::OutputKindMetrics::Map {
+                channel_sqnr_db,
+                mask_iou,
+            }) => {
+                let worst = channel_sqnr_db
+                    .iter()
+                    .copied()
+                    .fold(f64::INFINITY, f64::min);
+                let mut line = format!(
+                    "           map: {} channel(s), worst channel SQNR {worst:.2} dB",
+                    channel_sqnr_db.len()
+                );
+                if let Some(iou) = mask_iou {
+                    let _ = write!(
+                        line,
+                        ", mask IoU {iou:.4} (value > {})",
+                        super::outputs::MASK_THRESHOLD
+                    );
+                }
+                let _ = writeln!(s, "{line}");
+            }
+            Some(super::OutputKindMetrics::Sequence {
+                step_agreement,
+                sequences,
+                identical_sequences,
+            }) => {
+                let _ = writeln!(
+                    s,
+                    "           sequence: per-step argmax agreement {:.2} %, {identical_sequences} of {sequences} decode identically (greedy CTC)",
+                    step_agreement * 100.0
+                );
+            }
+            None => {}
+        }
         if let (Some(fa), Some(qa)) = (o.float_accuracy, o.int8_accuracy) {
             let _ = writeln!(
                 s,

@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use ndarray::ArrayD;
 
+use super::elementwise::Tracker;
 use super::{Dist, RangeRule};
 use crate::error::Result;
 use crate::graph::{Graph, Node};
@@ -12,7 +13,7 @@ use crate::passes::fold_bn::ChannelStats;
 use crate::stats::{self, Moments};
 
 /// A constant operand as per-channel values (scalar → one value; `[C]`, `[1, C, 1, …]` → C).
-fn channel_constant(a: &ArrayD<f32>) -> Option<Vec<f64>> {
+pub(super) fn channel_constant(a: &ArrayD<f32>) -> Option<Vec<f64>> {
     let non_one: Vec<usize> = a.shape().iter().copied().filter(|&d| d != 1).collect();
     match non_one.as_slice() {
         [] => Some(vec![f64::from(a.iter().copied().next().unwrap_or(0.0))]),
@@ -77,7 +78,7 @@ pub(super) enum Act {
 }
 
 impl Act {
-    fn eval(self, x: f64) -> f64 {
+    pub(super) fn eval(self, x: f64) -> f64 {
         match self {
             Act::Relu => x.max(0.0),
             Act::Clip(lo, hi) => x.max(lo).min(hi),
@@ -141,6 +142,7 @@ pub fn bn_ranges(
             }
         }
     }
+    let mut elementwise = Tracker::default();
     for idx in graph.topological_order()? {
         let node = &graph.nodes[idx];
         let Some(out) = node.outputs.first().filter(|o| !o.is_empty()) else {
@@ -148,7 +150,10 @@ pub fn bn_ranges(
         };
         let d = match origin(out) {
             Some(d) => Some(d),
-            None => propagate(graph, node, &dists, &producers, n_sigmas)?,
+            None => match elementwise.step(graph, node, &dists, &producers, n_sigmas)? {
+                Some(exact) => Some(exact),
+                None => propagate(graph, node, &dists, &producers, n_sigmas)?,
+            },
         };
         if let Some(d) = d {
             dists.insert(out.clone(), d);
@@ -243,24 +248,52 @@ fn propagate(
             (Some(a), None) => scale(a, constant(1)?, op == "Div"),
             (None, Some(b)) if op == "Mul" => scale(b, constant(0)?, false),
             (Some(a), Some(b)) if op == "Mul" && (gate(b).is_some() || gate(a).is_some()) => {
-                // x · g with g ∈ [0, G] (squeeze-excite gates, decomposed HardSwish):
-                // |x·g| ≤ G·|x|, so G·x bounds the product.
-                let (x, g) = match (gate(a), gate(b)) {
-                    (Some(ga), Some(gb)) if ga < gb => (b, ga),
-                    (_, Some(gb)) => (a, gb),
-                    (ga, None) => (b, ga.unwrap_or(1.0)),
+                // x · g with g ∈ [0, G] (squeeze-excite gates): |x·g| ≤ G·|x| bounds the
+                // range. With per-channel moments on both sides (the gate computed from other
+                // values, so taken independent of x per element), the product's moments are
+                // `E[xg] = E[x]E[g]`, `E[(xg)²] = E[x²]E[g²]`, and its range the BN rule on them
+                // within that bound; without them, `G·x`.
+                let (x, gd, g) = match (gate(a), gate(b)) {
+                    (Some(ga), Some(gb)) if ga < gb => (b, a, ga),
+                    (_, Some(gb)) => (a, b, gb),
+                    (ga, None) => (b, a, ga.unwrap_or(1.0)),
                 };
-                Dist::interval(x.lo.min(0.0) * g, x.hi.max(0.0) * g).map(|mut d| {
-                    d.moments = x.moments.as_ref().map(|m| {
-                        m.iter()
-                            .map(|c| Moments {
-                                mean: c.mean * g,
-                                var: c.var * g * g,
+                let bound = Dist::interval(x.lo.min(0.0) * g, x.hi.max(0.0) * g);
+                let product = match (&x.moments, &gd.moments) {
+                    (Some(mx), Some(mg)) if mg.len() == mx.len() || mg.len() == 1 => {
+                        let m: Vec<Moments> = mx
+                            .iter()
+                            .enumerate()
+                            .map(|(c, x)| {
+                                let g = mg[if mg.len() == 1 { 0 } else { c }];
+                                let mean = x.mean * g.mean;
+                                let second = x.second_moment() * g.second_moment();
+                                Moments::new(mean, (second - mean * mean).max(0.0))
                             })
-                            .collect()
-                    });
-                    d
-                })
+                            .collect();
+                        Dist::from_moments(m, n, RangeRule::BnPropagated)
+                    }
+                    _ => None,
+                };
+                match (product, bound) {
+                    (Some(mut p), Some(b)) => {
+                        p.lo = p.lo.max(b.lo);
+                        p.hi = p.hi.min(b.hi);
+                        (p.lo <= p.hi).then_some(p)
+                    }
+                    (None, Some(mut b)) => {
+                        b.moments = x.moments.as_ref().map(|m| {
+                            m.iter()
+                                .map(|c| Moments {
+                                    mean: c.mean * g,
+                                    var: c.var * g * g,
+                                })
+                                .collect()
+                        });
+                        Some(b)
+                    }
+                    _ => None,
+                }
             }
             (Some(a), Some(b)) if op == "Mul" => {
                 let c = [a.lo * b.lo, a.lo * b.hi, a.hi * b.lo, a.hi * b.hi];

@@ -36,6 +36,7 @@
 //! [`crate::pipeline::activations`].
 
 mod bn;
+mod elementwise;
 mod nonneg;
 mod observe;
 
