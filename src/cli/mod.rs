@@ -2,7 +2,8 @@
 //! into library calls and prints; the library does the work.
 //!
 //! Exit codes: 0 success; 1 validation below a threshold, or `check` found broken rules;
-//! 2 error (bad input, bad flags, I/O).
+//! 2 error (bad input, bad flags, I/O); 3 `quantize` wrote the model but its accuracy guard
+//! failed.
 
 mod convert;
 mod inspect;
@@ -38,7 +39,7 @@ Examples:
   isquant convert big.onnx -o big-ext.onnx --external-data
 
 Exit codes: 0 success, 1 validation below threshold / check found broken rules,
-2 error (bad input, bad flags, I/O).";
+2 error (bad input, bad flags, I/O), 3 model written but the accuracy guard failed.";
 
 /// Data-free int8 quantization of ONNX CNNs (ISQuant: BN folding + per-tensor SQuant rounding
 /// + integer emission). No calibration data, no Python.

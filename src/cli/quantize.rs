@@ -5,11 +5,12 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use isquant::check::Target;
+use isquant::guard::{GuardMode, GuardOptions};
 use isquant::inputs::Preset;
 use isquant::passes::emit::{Format, QdqOutputs};
 use isquant::passes::equalize::{Objective, Relu6};
 use isquant::pipeline::{
-    self, ActRanges, ActivationType, CalibrationMethod, Equalize, Granularity, NoiseInput,
+    ActRanges, ActivationType, CalibrationMethod, Equalize, Granularity, NoiseInput,
     QuantizeConfig, RenderOptions, Switch,
 };
 use isquant::squant::Rounding;
@@ -137,6 +138,19 @@ pub(super) struct QuantizeArgs {
     validate_inputs: Vec<PathBuf>,
     #[command(flatten)]
     inputs: InputArgs,
+    /// The data-free accuracy guard: run float and int8 on seeded inputs (noise, smooth
+    /// images, strokes) and compare each output (its logits before a final Sigmoid/Softmax).
+    /// report: say so, exit 3 when an output fails; fix: when one fails, also weigh
+    /// per-channel weights, noise ranges, bias correction off, equalization off, then keep the
+    /// worst layers float (up to --guard-max-float), keeping what helps.
+    #[arg(long, value_enum, default_value_t = GuardMode::Fix)]
+    guard: GuardMode,
+    /// Guard threshold: the median SQNR over the three input families, dB.
+    #[arg(long, default_value_t = isquant::guard::DEFAULT_MIN_SQNR_DB, value_name = "DB")]
+    guard_min_sqnr: f64,
+    /// Most layers --guard fix keeps float.
+    #[arg(long, default_value_t = 4, value_name = "N")]
+    guard_max_float: usize,
     /// Print every layer.
     #[arg(short, long)]
     verbose: bool,
@@ -221,9 +235,35 @@ pub(super) fn run(args: QuantizeArgs) -> isquant::Result<ExitCode> {
         }
         None => None,
     };
-    let mut model = loaded.model.clone();
     let mut progress = |stage: &str| eprintln!("isquant: {stage}...");
-    let report = pipeline::quantize(&mut model, &cfg, calibration.as_deref(), &mut progress)?;
+    // The guard measures on the user's inputs when there are any (validation, calibration).
+    let own: Vec<PathBuf> = args
+        .validate_inputs
+        .iter()
+        .chain(args.calibrate.iter())
+        .cloned()
+        .collect();
+    let user_inputs = if own.is_empty() || args.guard == GuardMode::Off {
+        Vec::new()
+    } else {
+        let preprocess = args.inputs.preprocess()?;
+        let dims = args.inputs.dims(&original, cfg.input_shape.as_deref())?;
+        isquant::inputs::load_samples(&args.inputs.source(&own, &preprocess), &dims)?.samples
+    };
+    let guard_opts = GuardOptions {
+        mode: args.guard,
+        min_sqnr_db: args.guard_min_sqnr,
+        max_float_layers: args.guard_max_float,
+        user_inputs,
+        ..GuardOptions::default()
+    };
+    let (model, report, guard) = isquant::guard::quantize(
+        &original,
+        &cfg,
+        calibration.as_deref(),
+        &guard_opts,
+        &mut progress,
+    )?;
     let size_after = isquant::onnx::io::encode_model(&model.to_proto()).len();
     let written = isquant::save(
         &model,
@@ -238,8 +278,23 @@ pub(super) fn run(args: QuantizeArgs) -> isquant::Result<ExitCode> {
         verbose: args.verbose,
     });
     out!("{}", summary.trim_end());
+    if let Some(g) = &guard {
+        out!("{}", g.render().trim_end());
+    }
     if let Some(path) = &args.report {
-        let json = serde_json::to_vec_pretty(&report)
+        /// The report with the guard's beside it (flattened, so numbers keep their f32 form).
+        #[derive(serde::Serialize)]
+        struct Full<'a> {
+            #[serde(flatten)]
+            report: &'a isquant::pipeline::QuantizeReport,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            guard: Option<&'a isquant::guard::GuardReport>,
+        }
+        let full = Full {
+            report: &report,
+            guard: guard.as_ref(),
+        };
+        let json = serde_json::to_vec_pretty(&full)
             .map_err(|e| isquant::Error::Config(format!("cannot encode the report: {e}")))?;
         isquant::write_file(path, &json, &keep)?;
         out!("report     {}", path.display());
@@ -249,15 +304,25 @@ pub(super) fn run(args: QuantizeArgs) -> isquant::Result<ExitCode> {
         describe_written(&args.output, &written),
         start.elapsed()
     );
+    let guard_failed = guard
+        .as_ref()
+        .is_some_and(|g| !g.passed && g.not_run.is_none());
     if args.validate || !args.validate_inputs.is_empty() {
-        return run_validation(
+        let code = run_validation(
             &original,
             &model,
             &args.validate_inputs,
             &args.inputs,
             cfg.input_shape.as_deref(),
             &keep,
-        );
+        )?;
+        if code != ExitCode::SUCCESS {
+            return Ok(code);
+        }
+    }
+    if guard_failed {
+        eprintln!("isquant: the guard failed (exit 3): the int8 model was written; see the guard lines above");
+        return Ok(ExitCode::from(3));
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -73,7 +73,7 @@ def main():
                             continue
                         for gran in ("per-tensor", "per-channel"):
                             out = os.path.join(tmp, f"{name}-{bits}-{rounding}-{opt}-{gran}.onnx".replace("+", "_"))
-                            subprocess.run([a.isquant, "quantize", src, "-o", out, "--format", "convinteger-u8",
+                            subprocess.run([a.isquant, "quantize", src, "-o", out, "--guard", "off", "--format", "convinteger-u8",
                                             "--weight-bits", b, "--act-bits", b, "--rounding", rounding,
                                             "--granularity", gran, *flags, *extra],
                                            check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -48,7 +48,7 @@ def main():
             paths = []
             for k, (_, flags) in enumerate(CONFIGS):
                 out = os.path.join(tmp, f"{name}-{k}.onnx")
-                subprocess.run([a.isquant, "quantize", src, "-o", out, "--format", "convinteger-u8", *flags],
+                subprocess.run([a.isquant, "quantize", src, "-o", out, "--guard", "off", "--format", "convinteger-u8", *flags],
                                check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 paths.append(out)
             rep = ev.evaluate(src, paths, dataset=dataset)

@@ -113,8 +113,10 @@ for entry in "${GRID[@]}"; do
     fi
     wall=$(elapsed "$t0" "$(now)")
     printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$NAME" "$TAG" "$LABEL" "$rc" "$wall" "$QLOG" >>"$QTSV"
-    if [[ $rc -eq 0 && -f "$Q" ]]; then
-      log "quantized $NAME $LABEL in ${wall}s"
+    # exit 3: the model was written but isquant's accuracy guard failed; it is evaluated all
+    # the same (the guard's verdict is in the report).
+    if [[ ($rc -eq 0 || $rc -eq 3) && -f "$Q" ]]; then
+      log "quantized $NAME $LABEL in ${wall}s$([[ $rc -eq 3 ]] && echo ' (guard failed)')"
       OK_TAGS+=("$TAG|$LABEL") OK_PATHS+=("$Q")
     else
       log "QUANTIZE FAILED $NAME $LABEL (exit $rc), see $QLOG"
