@@ -25,6 +25,24 @@ fn tract_err(action: impl Into<String>) -> impl FnOnce(TractError) -> Error {
     }
 }
 
+/// Runs `f`, turning a panic inside tract into an error: tract 0.23.9 panics on some malformed
+/// models (a Conv whose `pads` has 3 entries, a zero stride, a Flatten without inputs, …)
+/// instead of returning an error, and isquant must answer every bad input with an error.
+/// (The default panic hook still prints tract's message on stderr.)
+fn guarded<T>(action: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|payload| {
+        let msg = payload
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".into());
+        Err(Error::Tract {
+            action: action.into(),
+            source: format!("tract panicked: {msg}").into(),
+        })
+    })
+}
+
 /// Where tract reads the model from.
 #[derive(Debug, Clone, Copy)]
 pub enum Source<'a> {
@@ -68,6 +86,10 @@ impl TractModel {
     /// # Errors
     /// tract cannot parse, type or optimize the model.
     pub fn load(source: Source<'_>, input_shapes: &[Vec<usize>]) -> Result<Self> {
+        guarded("load the model", || Self::load_inner(source, input_shapes))
+    }
+
+    fn load_inner(source: Source<'_>, input_shapes: &[Vec<usize>]) -> Result<Self> {
         avoid_amx_int8_kernels();
         let onnx = tract_onnx::onnx()
             .with_ignore_value_info(true)
@@ -98,6 +120,10 @@ impl TractModel {
     /// # Errors
     /// tract fails while running.
     pub fn run(&self, inputs: &[ArrayD<f32>]) -> Result<Vec<ArrayD<f32>>> {
+        guarded("run the model", || self.run_inner(inputs))
+    }
+
+    fn run_inner(&self, inputs: &[ArrayD<f32>]) -> Result<Vec<ArrayD<f32>>> {
         let mut tv: TVec<TValue> = tvec!();
         for x in inputs {
             let data: Vec<f32> = x.iter().copied().collect();

@@ -155,3 +155,31 @@ fn help_has_examples() {
     let r = isquant(&["convert", "--help"]);
     assert!(r.stdout.contains("--external-data"));
 }
+
+/// tract 0.23.9 panics on some malformed models instead of returning an error (the red-team
+/// set's `fuzz-tract-panic-*`); every tract call is guarded, so `quantize` (whose noise pass
+/// and guard run tract) answers with exit 2 and says tract panicked, leaving no output.
+#[test]
+fn models_tract_panics_on_are_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    for name in [
+        "fuzz-tract-panic-flatten-no-inputs.onnx",
+        "fuzz-tract-panic-maxpool-rank1-input.onnx",
+        "fuzz-tract-panic-maxpool-no-inputs.onnx",
+    ] {
+        let out = dir.path().join(format!("q-{name}"));
+        let r = isquant(&[
+            "quantize",
+            fixture(&format!("redteam/{name}")).to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+        ]);
+        assert_eq!(r.code, 2, "{name}: {}", r.stderr);
+        assert!(r.stderr.contains("tract panicked"), "{name}: {}", r.stderr);
+        assert!(
+            !out.exists(),
+            "{name}: a failed quantize left {}",
+            out.display()
+        );
+    }
+}

@@ -12,6 +12,7 @@ mod formats;
 mod fuzz;
 mod graph_edit;
 mod guard;
+mod heads;
 mod ocr;
 mod quantize;
 mod roundtrip;

@@ -615,3 +615,94 @@ fn decomposed_hardswish_gets_the_hardswish_range() {
         assert!((a.mean - b.mean).abs() < 1e-9 && (a.var - b.var).abs() < 1e-9);
     }
 }
+
+/// `--input-range` reaches the first layer through the stems exporters write (issue 14): an
+/// NHWC Transpose with in-graph normalisation and a Pad (tf2onnx), and a YOLOX-style focus stem
+/// (four strided Slices, Concat) with a Cast. Without a range the layer says which ops it reads
+/// the input through. Before, these layers took a ±4 range from the N(0, 1) noise pass, which
+/// clips 0…255 pixels.
+#[test]
+fn input_range_reaches_the_first_layer_through_transpose_slice_concat_pad_cast() {
+    let i64s = |name: &str, v: &[i64]| pb::TensorProto {
+        name: Some(name.into()),
+        dims: vec![v.len() as i64],
+        data_type: Some(7),
+        int64_data: v.to_vec(),
+        ..Default::default()
+    };
+    let mut nhwc = Builder::new(13)
+        .input("x", &[1, 8, 8, 3])
+        .init("k255", &[], vec![255.0])
+        .init("half", &[], vec![0.5])
+        .random("w", &[4, 3, 3, 3], 0.5, 0.0)
+        .node(
+            "Transpose",
+            &["x"],
+            &["t"],
+            vec![ints("perm", &[0, 3, 1, 2])],
+        )
+        .node("Div", &["t", "k255"], &["d"], vec![])
+        .node("Sub", &["d", "half"], &["n"], vec![])
+        .node("Pad", &["n", "pads"], &["p"], vec![])
+        .node("Conv", &["p", "w"], &["y"], vec![])
+        .output("y")
+        .build();
+    nhwc.graph
+        .as_mut()
+        .unwrap()
+        .initializer
+        .push(i64s("pads", &[0, 0, 1, 1, 0, 0, 1, 1]));
+    let mut b = Builder::new(13)
+        .input("x", &[1, 3, 8, 8])
+        .random("w", &[4, 12, 1, 1], 0.5, 0.0);
+    let mut parts = Vec::new();
+    for (k, (dy, dx)) in [(0, 0), (1, 0), (0, 1), (1, 1)].iter().enumerate() {
+        let (s, e) = (format!("s{k}"), format!("e{k}"));
+        let out = format!("slice{k}");
+        b = b.node("Slice", &["x", &s, &e, "axes", "steps"], &[&out], vec![]);
+        parts.push((out, s, e, *dy, *dx));
+    }
+    let names: Vec<&str> = parts.iter().map(|p| p.0.as_str()).collect();
+    let mut focus = b
+        .node("Concat", &names, &["c"], vec![i("axis", 1)])
+        .node("Cast", &["c"], &["cf"], vec![i("to", 1)])
+        .node("Conv", &["cf", "w"], &["y"], vec![])
+        .output("y")
+        .build();
+    let g = focus.graph.as_mut().unwrap();
+    g.initializer.push(i64s("axes", &[2, 3]));
+    g.initializer.push(i64s("steps", &[2, 2]));
+    for (_, s, e, dy, dx) in &parts {
+        g.initializer.push(i64s(s, &[*dy, *dx]));
+        g.initializer.push(i64s(e, &[8, 8]));
+    }
+
+    for (model, shape, range, via) in [
+        (
+            &nhwc,
+            [1usize, 8, 8, 3],
+            (-0.5, 0.5),
+            "Transpose → Div → Sub → Pad",
+        ),
+        (&focus, [1, 3, 8, 8], (0.0, 255.0), "Slice → Concat → Cast"),
+    ] {
+        let (_, r) = quantize_proto(model, &QuantizeConfig::default());
+        let why = r.layers[0].float_input_reason.as_deref().unwrap_or("");
+        assert!(why.contains(via) && why.contains("--input-range"), "{why}");
+        let cfg = QuantizeConfig {
+            input_range: Some((0.0, 255.0)),
+            ..QuantizeConfig::default()
+        };
+        let (q, r) = quantize_proto(model, &cfg);
+        assert_eq!(r.integer_layers(), 1, "{via}");
+        let a = r.layers[0].activation.as_ref().unwrap();
+        assert_eq!(a.range, range, "{via}");
+        assert_eq!(
+            a.rule,
+            isquant::passes::ranges::RangeRule::InputRange,
+            "{via}"
+        );
+        let db = sqnr(model, &q, &shape, 0.0, 255.0);
+        assert!(db > 30.0, "{via}: SQNR {db:.1} dB on 0..255 inputs");
+    }
+}

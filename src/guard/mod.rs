@@ -99,6 +99,8 @@ pub struct GuardOutput {
     pub name: String,
     /// The value compared: the output, or the logits before its final Sigmoid / Softmax.
     pub measured: String,
+    /// `measured` is one branch of the Concat that makes the output (one entry per branch).
+    pub branch: bool,
     /// SQNR per input family, dB, in [`inputs::FAMILIES`] order.
     pub families: Vec<(String, f64)>,
     /// The median over families, dB.
@@ -202,7 +204,9 @@ impl GuardReport {
                 .iter()
                 .map(|(f, v)| format!("{f} {}", db(*v)))
                 .collect();
-            let what = if o.measured == o.name {
+            let what = if o.branch {
+                format!("{} (Concat branch `{}`)", o.name, o.measured)
+            } else if o.measured == o.name {
                 o.name.clone()
             } else {
                 format!("{} (logits `{}`)", o.name, o.measured)
@@ -496,46 +500,66 @@ const ALTERNATIVES: &[(&str, Change)] = &[
     }),
 ];
 
-/// For each graph output, the value to compare: the input of a final Sigmoid / Softmax /
-/// LogSoftmax when both models compute it under the same name, else the output.
-fn measured_values(float: &Model, int8: &Model) -> Vec<(String, String)> {
+/// For each graph output, the values to compare, `(output, value, branch)`: the input of a
+/// final Sigmoid / Softmax / LogSoftmax when both models compute it under the same name, else
+/// the output. An output made by a Concat (detection heads: box coordinates in pixels beside
+/// class scores in 0…1) is compared branch by branch (`branch` true), each branch the same way,
+/// so the class scores are not drowned by the larger coordinates.
+fn measured_values(float: &Model, int8: &Model) -> Vec<(String, String, bool)> {
     let produced = |m: &Model, v: &str| {
         m.graph
             .nodes
             .iter()
             .any(|n| n.outputs.iter().any(|o| o == v))
     };
-    float
-        .graph
-        .outputs
-        .iter()
-        .filter_map(|o| o.name.clone())
-        .map(|name| {
-            // Walk back through ops that only move or rename values.
-            let producer = |v: &str| {
-                float
-                    .graph
-                    .nodes
+    let producer = |v: &str| {
+        float
+            .graph
+            .nodes
+            .iter()
+            .find(|n| n.outputs.first().is_some_and(|o| o == v))
+    };
+    // Walks back through ops that only move or rename values.
+    let moved_from = |v: &str| {
+        let mut node = producer(v);
+        while let Some(n) = node.filter(|n| {
+            matches!(
+                n.op_type.as_str(),
+                "Identity" | "Reshape" | "Flatten" | "Squeeze" | "Unsqueeze" | "Transpose"
+            )
+        }) {
+            node = n.inputs.first().and_then(|i| producer(i));
+        }
+        node
+    };
+    let logits_or_self = |v: &str| -> String {
+        moved_from(v)
+            .filter(|n| matches!(n.op_type.as_str(), "Sigmoid" | "Softmax" | "LogSoftmax"))
+            .and_then(|n| n.inputs.first().cloned())
+            .filter(|l| produced(float, l) && produced(int8, l))
+            .unwrap_or_else(|| v.to_string())
+    };
+    let mut out = Vec::new();
+    for name in float.graph.outputs.iter().filter_map(|o| o.name.clone()) {
+        let branches: Vec<String> = moved_from(&name)
+            .filter(|n| n.op_type == "Concat")
+            .map(|n| {
+                n.inputs
                     .iter()
-                    .find(|n| n.outputs.first().is_some_and(|o| o == v))
-            };
-            let mut node = producer(&name);
-            while let Some(n) = node.filter(|n| {
-                matches!(
-                    n.op_type.as_str(),
-                    "Identity" | "Reshape" | "Flatten" | "Squeeze" | "Unsqueeze" | "Transpose"
-                )
-            }) {
-                node = n.inputs.first().and_then(|i| producer(i));
+                    .filter(|i| produced(float, i) && produced(int8, i))
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default();
+        if branches.len() >= 2 {
+            for b in branches {
+                out.push((name.clone(), logits_or_self(&b), true));
             }
-            let logits = node
-                .filter(|n| matches!(n.op_type.as_str(), "Sigmoid" | "Softmax" | "LogSoftmax"))
-                .and_then(|n| n.inputs.first().cloned())
-                .filter(|l| produced(float, l) && produced(int8, l));
-            let measured = logits.unwrap_or_else(|| name.clone());
-            (name, measured)
-        })
-        .collect()
+        } else {
+            out.push((name.clone(), logits_or_self(&name), false));
+        }
+    }
+    out
 }
 
 /// Copies of `m` whose graph outputs are exactly `values`.
@@ -555,12 +579,12 @@ fn with_outputs(m: &Model, values: &[String]) -> Model {
 fn measure(
     float: &Model,
     int8: &Model,
-    measured: &[(String, String)],
+    measured: &[(String, String, bool)],
     families: &[(&str, Vec<Sample>)],
     batch: usize,
     opts: &GuardOptions,
 ) -> Result<Vec<GuardOutput>> {
-    let values: Vec<String> = measured.iter().map(|(_, m)| m.clone()).collect();
+    let values: Vec<String> = measured.iter().map(|(_, m, _)| m.clone()).collect();
     let fm = with_outputs(float, &values);
     let qm = with_outputs(int8, &values);
     let mut per_family: Vec<Vec<(String, f64)>> = vec![Vec::new(); values.len()];
@@ -586,11 +610,12 @@ fn measure(
     Ok(measured
         .iter()
         .zip(per_family)
-        .map(|((name, m), fams)| {
+        .map(|((name, m, branch), fams)| {
             let sqnr = median(fams.iter().map(|(_, v)| *v).collect());
             GuardOutput {
                 name: name.clone(),
                 measured: m.clone(),
+                branch: *branch,
                 families: fams,
                 sqnr_db: sqnr,
                 passed: sqnr >= opts.min_sqnr_db,

@@ -86,7 +86,7 @@ pub fn sources(
     stats: &BTreeMap<String, ChannelStats>,
     cfg: &QuantizeConfig,
 ) -> Result<Sources> {
-    let graph_inputs: HashSet<String> = model.graph.real_input_names().into_iter().collect();
+    let from_input = ranges::input_derived(&model.graph, cfg.input_range)?;
     let nonneg = ranges::nonnegative_values(&model.graph)?;
     let bn = match cfg.act_ranges {
         ActRanges::Auto | ActRanges::Bn => ranges::bn_ranges(&model.graph, stats, cfg.bn_sigmas)?,
@@ -106,11 +106,20 @@ pub fn sources(
             ))
         } else if transposed_a {
             Source::Float("Gemm with transA=1: int8 weights, float compute".into())
-        } else if graph_inputs.contains(&x) {
+        } else if let Some(d) = from_input.get(&x) {
+            // The model input, or a value computed from it by ops that only move, pad, convert
+            // or rescale it (NHWC Transpose, focus Slice+Concat, Pad, Cast, in-graph
+            // normalisation: `passes::ranges::input`).
+            let via = if d.path.is_empty() {
+                String::new()
+            } else {
+                format!(" through {}", d.path.join(" → "))
+            };
             match cfg.input_range {
-                Some((lo, hi)) => Source::Input(f64::from(lo), f64::from(hi)),
-                None => Source::Float(format!(
-                    "reads the model input `{x}`, whose range is unknown: pass --input-range LO:HI or --preset imagenet to make it integer too"
+                Some(_) if d.lo.is_finite() && d.hi.is_finite() => Source::Input(d.lo, d.hi),
+                _ => Source::Float(format!(
+                    "reads the model input `{}`{via}, whose range is unknown: pass --input-range LO:HI or --preset imagenet to make it integer too",
+                    d.input
                 )),
             }
         } else {
@@ -210,6 +219,13 @@ pub fn observe(
             // "SQuant's rule: U[0,1) images, not the normalised input range").
             let normal =
                 cfg.act_ranges != ActRanges::Noise && cfg.noise_input == NoiseInput::Normal;
+            // N(0, 1) is what normalised inputs look like; an input that cannot be negative
+            // (`--input-range 0:1`, `--preset unit` or `pixels`: raw images, as detectors
+            // take them) gets uniform noise over its own range instead. On a YOLO-style head
+            // fed [0, 1] images the class scores go from 24.0 to 36.3 dB (tests/heads.rs).
+            let nonneg_input = cfg
+                .input_range
+                .filter(|&(lo, hi)| lo >= 0.0 && hi > lo && cfg.act_ranges != ActRanges::Noise);
             forward_batches(
                 model,
                 cfg.input_shape.as_deref(),
@@ -217,7 +233,9 @@ pub fn observe(
                 8,
                 |s, k| {
                     let seed = seed.wrapping_add(k as u64);
-                    if normal {
+                    if let Some((lo, hi)) = nonneg_input {
+                        crate::rng::seeded_uniform(s, seed, lo, hi)
+                    } else if normal {
                         crate::rng::seeded_normal(s, seed)
                     } else {
                         crate::rng::seeded_uniform(s, seed, 0.0, 1.0)
@@ -300,7 +318,11 @@ pub fn plan(
         let node = &model.graph.nodes[target.node];
         let x = node.input(0).unwrap_or("").to_string();
         // QDQ is int8 only (TensorRT rejects uint8).
-        let unsigned = sources.nonneg.contains(&x)
+        // Non-negative by construction, or the model input (or what it becomes through
+        // Transpose, Slice, …) with a range that starts at 0 or above (`--preset unit`,
+        // `pixels`).
+        let from_nonneg_input = matches!(src, Source::Input(lo, _) if *lo >= 0.0);
+        let unsigned = (sources.nonneg.contains(&x) || from_nonneg_input)
             && cfg.format != Format::Qdq
             && cfg.activation_type == ActivationType::Auto;
         let (range, rule, obs, float_reason) = match src {

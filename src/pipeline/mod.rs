@@ -111,6 +111,7 @@ pub fn quantize(
         layers,
         emitted,
         quantization_ops: report::quantization_ops(&model.graph),
+        float_weights: report::float_weights(&model.graph),
         skipped: selection.skipped,
         bias_corrected,
         equalized: equalized.report,

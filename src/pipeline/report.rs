@@ -94,6 +94,10 @@ pub struct QuantizeReport {
     pub quantization_ops: BTreeMap<String, usize>,
     /// Layers left float, with reasons.
     pub skipped: Vec<Skip>,
+    /// Float weights left in the written graph (matrices and kernels of 1,024 values or
+    /// more that a float op reads directly: LSTM/GRU, layers kept float, ops isquant does not
+    /// quantize), by op type.
+    pub float_weights: Vec<FloatWeights>,
     /// Layers whose bias was corrected (`--correct-bias`).
     pub bias_corrected: usize,
     /// Cross-layer equalization (`--equalize on`).
@@ -104,6 +108,19 @@ pub struct QuantizeReport {
     pub equalize_note: Option<String>,
     /// Stage → milliseconds.
     pub timings_ms: Vec<(String, f64)>,
+}
+
+/// Float weights of one op type in the written graph.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FloatWeights {
+    /// Op type.
+    pub op_type: String,
+    /// Nodes of that type holding such weights.
+    pub nodes: usize,
+    /// Weight values.
+    pub weights: usize,
+    /// Bytes they take.
+    pub bytes: usize,
 }
 
 /// What the text summary needs beyond the report.
@@ -165,6 +182,22 @@ impl QuantizeReport {
         self.render_activations(&mut s);
         for k in &self.skipped {
             let _ = writeln!(s, "skipped    {} ({}): {}", k.node, k.op_type, k.reason);
+        }
+        if !self.float_weights.is_empty() {
+            let parts: Vec<String> = self
+                .float_weights
+                .iter()
+                .map(|f| {
+                    format!(
+                        "{} {} ({} weights, {:.1} kB)",
+                        f.op_type,
+                        f.nodes,
+                        f.weights,
+                        f.bytes as f64 / 1e3
+                    )
+                })
+                .collect();
+            let _ = writeln!(s, "float      weights left float: {}", parts.join(", "));
         }
         if o.verbose {
             self.render_table(&mut s);
@@ -311,6 +344,57 @@ pub(super) fn set_modes(layers: &mut [LayerReport], emitted: &[EmittedLayer]) {
 
 /// The quantization ops a graph holds (QuantizeLinear, DequantizeLinear, ConvInteger,
 /// MatMulInteger, QLinear*) and their counts.
+/// Float weights a float op reads directly in `graph`: constants of rank ≥ 2 with at least
+/// 1,024 values (biases and scales are not counted), by op type.
+pub(super) fn float_weights(graph: &Graph) -> Vec<FloatWeights> {
+    let producers = graph.producers();
+    let mut by_op: BTreeMap<String, FloatWeights> = BTreeMap::new();
+    for node in &graph.nodes {
+        let op = node.op_type.as_str();
+        if matches!(
+            op,
+            "QuantizeLinear" | "DequantizeLinear" | "ConvInteger" | "MatMulInteger" | "Constant"
+        ) || op.starts_with("QLinear")
+        {
+            continue;
+        }
+        let mut found = (0usize, 0usize);
+        for input in node.inputs.iter().filter(|i| !i.is_empty()) {
+            let Ok(Some((t, _))) = graph.constant_with(input, &producers) else {
+                continue;
+            };
+            // 1 float, 10 float16, 11 double, 16 bfloat16.
+            let width = match t.data_type() {
+                1 => 4,
+                10 | 16 => 2,
+                11 => 8,
+                _ => continue,
+            };
+            let n: usize = t
+                .dims
+                .iter()
+                .map(|&d| usize::try_from(d).unwrap_or(0))
+                .product();
+            if t.dims.len() >= 2 && n >= 1024 {
+                found.0 += n;
+                found.1 += n * width;
+            }
+        }
+        if found.0 > 0 {
+            let e = by_op.entry(op.to_string()).or_insert_with(|| FloatWeights {
+                op_type: op.to_string(),
+                nodes: 0,
+                weights: 0,
+                bytes: 0,
+            });
+            e.nodes += 1;
+            e.weights += found.0;
+            e.bytes += found.1;
+        }
+    }
+    by_op.into_values().collect()
+}
+
 pub(super) fn quantization_ops(graph: &Graph) -> BTreeMap<String, usize> {
     graph
         .op_histogram()

@@ -31,16 +31,19 @@
 //! everything else int8; zero-point 0 either way.
 
 //!
-//! Submodules: `bn` (the BN rule and its propagation), `nonneg` (non-negative values),
+//! Submodules: `bn` (the BN rule and its propagation), `input` (the model input's range
+//! through Transpose, Slice, Concat, Pad, Cast, affine ops), `nonneg` (non-negative values),
 //! [`observe()`] (forward-pass statistics). Which rule a layer's input takes is decided in
 //! [`crate::pipeline::activations`].
 
 mod bn;
 mod elementwise;
+mod input;
 mod nonneg;
 mod observe;
 
 pub use bn::{bn_ranges, through_layers};
+pub use input::{input_derived, InputDerived};
 pub use nonneg::nonnegative_values;
 pub use observe::{observe, Observed};
 
