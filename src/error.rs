@@ -62,8 +62,11 @@ pub enum Error {
     /// The graph as a whole is invalid (cycle, duplicate outputs, ...).
     #[error("graph: {0}")]
     Graph(String),
-    /// A user-supplied option is out of range or inconsistent.
-    #[error("invalid option: {0}")]
+    /// A request that cannot be carried out as given: an option out of range or inconsistent
+    /// (the message names the flag), inputs that do not fit the model, models that do not fit
+    /// each other, a report that cannot be written. The message stands alone (no prefix: most
+    /// of these are not about an option).
+    #[error("{0}")]
     Config(String),
     /// tract failed to load, optimize or run a model.
     #[error("tract could not {action}")]

@@ -97,7 +97,12 @@ pub fn sources(
     for target in chosen {
         let node = &model.graph.nodes[target.node];
         let x = node.input(0).unwrap_or("").to_string();
-        let integer_op = node.is("Conv") || node.is("Gemm") || node.is("MatMul");
+        // ConvTranspose has no integer op in ONNX, but Q/DQ formats can quantize its input
+        // (runtimes run DQ → ConvTranspose, or fuse it).
+        let integer_op = node.is("Conv")
+            || node.is("Gemm")
+            || node.is("MatMul")
+            || (node.is("ConvTranspose") && cfg.format.is_qdq());
         let transposed_a = node.is("Gemm") && node.attr_int("transA")?.unwrap_or(0) != 0;
         let src = if !integer_op {
             Source::Float(format!(

@@ -39,8 +39,8 @@
 //! `output_dtype`); one QuantizeLinear is shared by all layers reading the same value at the
 //! same scale. `Clip` is emitted only below 8 activation bits.
 //!
-//! A layer whose input stays float (the model input with no known range, ConvTranspose, Gemm
-//! with `transA`) keeps int8 weights behind `DequantizeLinear(W_q, s_w, 0)`.
+//! A layer whose input stays float (the model input with no known range, ConvTranspose in the
+//! integer formats, Gemm with `transA`) keeps int8 weights behind `DequantizeLinear(W_q, s_w, 0)`.
 
 //!
 //! **The layer table.** [`emit`] returns one [`EmittedLayer`] per planned layer: the op that
@@ -451,7 +451,10 @@ pub fn emit(
             continue;
         };
         let bias = biases.remove(&i).flatten();
-        let integer_op = node.is("Conv") || node.is("Gemm") || node.is("MatMul");
+        let integer_op = node.is("Conv")
+            || node.is("Gemm")
+            || node.is("MatMul")
+            || (node.is("ConvTranspose") && format.is_qdq());
         let row = match plan.act.as_ref().filter(|_| integer_op) {
             None => emit_weight_only(&mut e, node, plan),
             Some(act) if format.is_qdq() => {

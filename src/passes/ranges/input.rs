@@ -222,3 +222,44 @@ fn affine(
         ..d.clone()
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{affine, InputDerived};
+
+    fn d(lo: f64, hi: f64) -> InputDerived {
+        InputDerived {
+            lo,
+            hi,
+            input: "x".into(),
+            path: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn affine_ops_bound_every_value() {
+        // (x / 255 − 0.5) for x in [0, 255].
+        let a = affine("Div", &d(0.0, 255.0), [255.0].into_iter(), true).unwrap();
+        let b = affine("Sub", &a, [0.5].into_iter(), true).unwrap();
+        assert_eq!((b.lo, b.hi), (-0.5, 0.5));
+        // Per-channel mean and std (ImageNet): each op takes the hull over the channels, so
+        // the bound is sound but wider than per channel ([−2.118, 2.640] exactly).
+        let m = affine("Sub", &d(0.0, 1.0), [0.485, 0.456, 0.406].into_iter(), true).unwrap();
+        let s = affine("Div", &m, [0.229, 0.224, 0.225].into_iter(), true).unwrap();
+        assert!((s.lo - (-0.485 / 0.224)).abs() < 1e-9, "{}", s.lo);
+        assert!((s.hi - (0.594 / 0.224)).abs() < 1e-9, "{}", s.hi);
+        // c − x and a negative scale flip the interval.
+        let r = affine("Sub", &d(0.0, 1.0), [1.0].into_iter(), false).unwrap();
+        assert_eq!((r.lo, r.hi), (0.0, 1.0));
+        let n = affine("Mul", &d(0.0, 2.0), [-1.0].into_iter(), true).unwrap();
+        assert_eq!((n.lo, n.hi), (-2.0, 0.0));
+    }
+
+    #[test]
+    fn division_by_zero_or_mixed_signs_and_c_over_x_stop() {
+        assert!(affine("Div", &d(0.0, 1.0), [0.0].into_iter(), true).is_none());
+        assert!(affine("Div", &d(0.0, 1.0), [-1.0, 1.0].into_iter(), true).is_none());
+        assert!(affine("Div", &d(1.0, 2.0), [2.0].into_iter(), false).is_none());
+        assert!(affine("Pow", &d(0.0, 1.0), [2.0].into_iter(), true).is_none());
+    }
+}
