@@ -25,6 +25,9 @@ Examples:
   isquant quantize mnv2.onnx -o w7a7.onnx --weight-bits 7 --act-bits 7
   isquant quantize model.onnx -o out.onnx --skip '/classifier/*' --keep-first-float
   isquant quantize model.onnx -o out.onnx --act-ranges calibrate --calibrate inputs/
+  isquant quantize det.onnx -o det-int8.onnx --input-shape 1,3,640,640 --preset unit
+  isquant quantize model.onnx -o out.onnx --validate-inputs images/ --preset imagenet
+      (the accuracy guard then measures on your images; exit 3 if it fails)
 
 The model input has no statistics: give --input-range LO:HI (or --preset imagenet) to quantize
 the first layer's input too; otherwise that layer keeps a float input and int8 weights.";
@@ -141,8 +144,8 @@ pub(super) struct QuantizeArgs {
     /// The data-free accuracy guard: run float and int8 on seeded inputs (noise, smooth
     /// images, strokes) and compare each output (its logits before a final Sigmoid/Softmax).
     /// report: say so, exit 3 when an output fails; fix: when one fails, also weigh
-    /// per-channel weights, noise ranges, bias correction off, equalization off, then keep the
-    /// worst layers float (up to --guard-max-float), keeping what helps.
+    /// per-channel weights, noise ranges and bias correction off, then keep the worst layers
+    /// float (up to --guard-max-float), keeping what helps.
     #[arg(long, value_enum, default_value_t = GuardMode::Fix)]
     guard: GuardMode,
     /// Guard threshold: the median SQNR over the three input families, dB.
