@@ -600,19 +600,27 @@ fn measure(
     let fm = with_outputs(float, &values);
     let qm = with_outputs(int8, &values);
     let mut per_family: Vec<Vec<(String, f64)>> = vec![Vec::new(); values.len()];
-    for (name, samples) in families {
-        let v = validate::validate(
-            &fm,
-            &qm,
-            samples,
-            &ValidateOptions {
-                synthetic: true,
-                batch,
-                per_layer: false,
-                keep_outputs: false,
-            },
-            &|_, _| {},
-        )?;
+    // The families run side by side (each is one batch for small models, which would leave a
+    // core idle); results are merged in family order, so they do not depend on the threads.
+    use rayon::prelude::*;
+    let runs = families
+        .par_iter()
+        .map(|(_, samples)| {
+            validate::validate(
+                &fm,
+                &qm,
+                samples,
+                &ValidateOptions {
+                    synthetic: true,
+                    batch,
+                    per_layer: false,
+                    keep_outputs: false,
+                },
+                &|_, _| {},
+            )
+        })
+        .collect::<Result<Vec<_>>>()?;
+    for ((name, _), v) in families.iter().zip(runs) {
         for (k, o) in v.outputs.iter().enumerate() {
             if let Some(slot) = per_family.get_mut(k) {
                 slot.push(((*name).to_string(), o.sqnr_db));
