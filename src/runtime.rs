@@ -28,9 +28,25 @@ fn tract_err(action: impl Into<String>) -> impl FnOnce(TractError) -> Error {
 /// Runs `f`, turning a panic inside tract into an error: tract 0.23.9 panics on some malformed
 /// models (a Conv whose `pads` has 3 entries, a zero stride, a Flatten without inputs, …)
 /// instead of returning an error, and isquant must answer every bad input with an error.
-/// (The default panic hook still prints tract's message on stderr.)
+/// While `f` runs, the panic hook stays quiet on this thread (the message becomes the error's
+/// cause instead of a "thread panicked" line); panics elsewhere are reported as before.
 fn guarded<T>(action: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|payload| {
+    thread_local! {
+        static IN_TRACT: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !IN_TRACT.with(std::cell::Cell::get) {
+                previous(info);
+            }
+        }));
+    });
+    let was = IN_TRACT.with(|c| c.replace(true));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    IN_TRACT.with(|c| c.set(was));
+    result.unwrap_or_else(|payload| {
         let msg = payload
             .downcast_ref::<&str>()
             .map(|s| (*s).to_string())

@@ -23,18 +23,8 @@ use isquant::runtime::{Source, TractModel};
 use ndarray::{ArrayD, Axis, Slice};
 use prost::Message;
 
-use crate::common::build::{i, ints, Builder};
+use crate::common::build::{i, i64s, ints, Builder};
 use crate::common::{fixture, isquant, write_proto};
-
-fn i64s(name: &str, v: &[i64]) -> pb::TensorProto {
-    pb::TensorProto {
-        name: Some(name.into()),
-        dims: vec![v.len() as i64],
-        data_type: Some(7),
-        int64_data: v.to_vec(),
-        ..Default::default()
-    }
-}
 
 /// SiLU as exporters write it: `x · Sigmoid(x)`.
 fn silu(b: Builder, x: &str, y: &str) -> Builder {
@@ -164,6 +154,10 @@ fn detections(out: &ArrayD<f32>, image: usize) -> Vec<((usize, usize, usize), f3
 fn yolo_style_head_keeps_its_class_scores_and_detections() {
     let dir = tempfile::tempdir().unwrap();
     let float = write_proto(dir.path(), "yolo.onnx", &yolo_head());
+    // For tools/eval/yolo_head.py (the flag variants of docs/results.md, in ONNX Runtime).
+    if let Some(path) = std::env::var_os("ISQUANT_SAVE_YOLO_HEAD") {
+        std::fs::copy(&float, path).unwrap();
+    }
     let q = dir.path().join("yolo-int8.onnx");
     let report = dir.path().join("r.json");
     let r = isquant(&[

@@ -12,7 +12,7 @@ use isquant::runtime::{Source, TractModel};
 use isquant::squant::Rounding;
 use prost::Message;
 
-use crate::common::build::{f, i, ints, Builder};
+use crate::common::build::{f, i, i64s, ints, Builder};
 use crate::common::{fixture, isquant, MODELS};
 
 fn quantize_proto(
@@ -518,13 +518,6 @@ fn ranges_pushed_through_a_layer_are_widened_to_the_noise_pass() {
 /// constant is negative.
 #[test]
 fn non_negative_values_pass_through_gather_slice_and_pad() {
-    let i64s = |name: &str, v: &[i64]| pb::TensorProto {
-        name: Some(name.into()),
-        dims: vec![v.len() as i64],
-        data_type: Some(7),
-        int64_data: v.to_vec(),
-        ..Default::default()
-    };
     let mut m = Builder::new(13)
         .input("x", &[1, 4, 6, 6])
         .init("minus", &[], vec![-1.0])
@@ -623,13 +616,6 @@ fn decomposed_hardswish_gets_the_hardswish_range() {
 /// clips 0…255 pixels.
 #[test]
 fn input_range_reaches_the_first_layer_through_transpose_slice_concat_pad_cast() {
-    let i64s = |name: &str, v: &[i64]| pb::TensorProto {
-        name: Some(name.into()),
-        dims: vec![v.len() as i64],
-        data_type: Some(7),
-        int64_data: v.to_vec(),
-        ..Default::default()
-    };
     let mut nhwc = Builder::new(13)
         .input("x", &[1, 8, 8, 3])
         .init("k255", &[], vec![255.0])

@@ -11,6 +11,17 @@ pub fn seeded(n: usize, seed: u64) -> Vec<f32> {
     (0..n).map(|_| rng.unit_f32() - 0.5).collect()
 }
 
+/// An INT64 initializer (shapes, pads, Slice bounds).
+pub fn i64s(name: &str, v: &[i64]) -> pb::TensorProto {
+    pb::TensorProto {
+        name: Some(name.into()),
+        dims: vec![v.len() as i64],
+        data_type: Some(7),
+        int64_data: v.to_vec(),
+        ..Default::default()
+    }
+}
+
 pub fn value_info(name: &str, shape: &[i64]) -> pb::ValueInfoProto {
     use pb::tensor_shape_proto::{dimension::Value, Dimension};
     pb::ValueInfoProto {
