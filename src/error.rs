@@ -68,6 +68,21 @@ pub enum Error {
     /// of these are not about an option).
     #[error("{0}")]
     Config(String),
+    /// A size taken from the model, a file or the command line is over one of the limits of
+    /// [`crate::limits`] (the allocation it would need was refused before it was made).
+    #[error("{what}: {value} {unit}, over the limit of {limit} ({raise})")]
+    Limit {
+        /// What would have been allocated.
+        what: String,
+        /// What `value` counts ("elements", "bytes", "pixels", "inputs").
+        unit: &'static str,
+        /// The size asked for (elements, bytes or a count, as `what` says).
+        value: u128,
+        /// The limit.
+        limit: u128,
+        /// How to raise it, or why it cannot be raised.
+        raise: &'static str,
+    },
     /// tract failed to load, optimize or run a model.
     #[error("tract could not {action}")]
     Tract {

@@ -23,6 +23,7 @@ pub mod graph;
 pub mod guard;
 pub mod inputs;
 pub mod inspect;
+pub mod limits;
 pub mod metrics;
 pub mod onnx;
 pub mod passes;

@@ -13,6 +13,7 @@ mod fuzz;
 mod graph_edit;
 mod guard;
 mod heads;
+mod limits;
 mod ocr;
 mod quantize;
 mod roundtrip;

@@ -17,6 +17,7 @@
 //! topological order, clean-up), [`names`] (fresh names).
 
 mod constants;
+mod finite;
 pub mod names;
 mod node;
 mod order;

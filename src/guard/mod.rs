@@ -322,6 +322,13 @@ pub fn quantize(
         .per_family
         .unwrap_or_else(|| per_family(sample_shape.iter().product()));
     let batch = shape.first().copied().flatten().unwrap_or(n);
+    if let Err(e) = crate::limits::elements(
+        &format!("the guard's {} inputs of shape {sample_shape:?}", 3 * n),
+        3 * n,
+        &sample_shape,
+    ) {
+        return Ok((model, report, Some(not_run(e.to_string(), opts.mode))));
+    }
     let families: Vec<(&str, Vec<Sample>)> = if opts.user_inputs.is_empty() {
         inputs::FAMILIES
             .iter()

@@ -11,10 +11,22 @@ use crate::error::{Error, Result};
 fn read_maybe_gz(path: &Path) -> Result<Vec<u8>> {
     let raw = std::fs::read(path).map_err(|e| Error::io("read", path, e))?;
     if raw.starts_with(&[0x1f, 0x8b]) {
+        // A few kB of gzip can inflate to gigabytes: stop one byte past the budget.
+        let limit = crate::limits::max_inflated_bytes();
         let mut out = Vec::new();
         flate2::read::GzDecoder::new(raw.as_slice())
+            .take(limit.saturating_add(1))
             .read_to_end(&mut out)
             .map_err(|e| bad(path, format!("cannot gunzip: {e}")))?;
+        if out.len() as u64 > limit {
+            return Err(Error::Limit {
+                what: format!("{} inflates to more than", path.display()),
+                unit: "bytes",
+                value: out.len() as u128,
+                limit: u128::from(limit),
+                raise: "set ISQUANT_MAX_ELEMENTS to allow more",
+            });
+        }
         Ok(out)
     } else {
         Ok(raw)
@@ -48,7 +60,7 @@ pub fn read_idx(path: &Path) -> Result<(Vec<usize>, Vec<u8>)> {
         .collect();
     let count = dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
     let count = count.ok_or_else(|| bad(path, "IDX dimensions overflow"))?;
-    if b.len() < header + count {
+    if header.checked_add(count).is_none_or(|end| b.len() < end) {
         return Err(bad(
             path,
             format!(

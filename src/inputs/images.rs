@@ -18,6 +18,18 @@ pub fn load_image(
     model_hw: Option<(u32, u32)>,
 ) -> Result<ArrayD<f32>> {
     use image::imageops::{resize, FilterType};
+    // The header's size is checked before anything is decoded: a 241-byte PNG may declare
+    // 1×40000 pixels, and resizing it to a shorter side of 256 would ask for 7.9 GB.
+    let (hw, hh) = image::ImageReader::open(path)
+        .and_then(image::ImageReader::with_guessed_format)
+        .map_err(|e| bad(path, format!("cannot read image: {e}")))?
+        .into_dimensions()
+        .map_err(|e| bad(path, format!("cannot decode image: {e}")))?;
+    crate::limits::image(
+        &format!("image {}", path.display()),
+        u64::from(hw),
+        u64::from(hh),
+    )?;
     let img = image::open(path).map_err(|e| bad(path, format!("cannot decode image: {e}")))?;
     let mut rgb = img.to_rgb8();
     if p.crop_first {
@@ -36,8 +48,18 @@ pub fn load_image(
                 s,
             )
         };
+        crate::limits::image(
+            &format!("image {} resized to {nw}×{nh}", path.display()),
+            u64::from(nw),
+            u64::from(nh),
+        )?;
         rgb = resize(&rgb, nw.max(1), nh.max(1), FilterType::Triangle);
     } else if let Some((rh, rw)) = p.resize_exact {
+        crate::limits::image(
+            &format!("image {} resized to {rw}×{rh}", path.display()),
+            u64::from(rw),
+            u64::from(rh),
+        )?;
         rgb = resize(&rgb, rw, rh, FilterType::Triangle);
     } else if p.crop.is_none() || p.crop_first {
         if let Some((mh, mw)) = model_hw {

@@ -52,6 +52,9 @@ pub struct QuantizedWeight {
     pub channel_scales: Option<Vec<f32>>,
     /// SQuant's flip counts.
     pub flips: FlipStats,
+    /// Non-zero float weights that became integer 0: most of a tensor there means one
+    /// outlier set the scale (reported as a warning).
+    pub rounded_to_zero: usize,
 }
 
 /// Maps flat ONNX index → flat `[O, I, K]` index (`None`: identity) and gives the view's
@@ -173,6 +176,11 @@ pub fn quantize_weight(
             map.iter().map(|&dst| to_i8(q_flat[dst])).collect()
         }
     };
+    let rounded_to_zero = w
+        .iter()
+        .zip(&out)
+        .filter(|(&f, &q)| q == 0 && f != 0.0)
+        .count();
     let q = ArrayD::from_shape_vec(IxDyn(w.shape()), out)
         .map_err(|e| Error::tensor(name, e.to_string()))?;
     Ok(QuantizedWeight {
@@ -180,6 +188,7 @@ pub fn quantize_weight(
         scale,
         channel_scales,
         flips,
+        rounded_to_zero,
     })
 }
 

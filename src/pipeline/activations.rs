@@ -405,6 +405,7 @@ pub fn plan(
             kernel_flips: qw.flips.kernel_flips,
             channel_flips: qw.flips.channel_flips + qw.flips.channel_undos,
             changed_vs_nearest: qw.flips.changed,
+            rounded_to_zero: qw.rounded_to_zero as u64,
             activation,
         });
         let own_output_scale = y

@@ -304,6 +304,11 @@ impl QuantizeConfig {
         if self.noise_batch == 0 {
             return Err(Error::Config("--noise-batch must be at least 1".into()));
         }
+        crate::limits::count(
+            "--noise-batch",
+            self.noise_batch,
+            crate::limits::MAX_NOISE_BATCH,
+        )?;
         Ok(())
     }
 

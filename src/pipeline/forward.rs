@@ -75,6 +75,16 @@ pub fn forward_batches(
     let shape = forward_shape(model, input_shape)?;
     let fixed_batch = shape[0];
     let rest: Vec<usize> = shape.iter().skip(1).map(|d| d.unwrap_or(1)).collect();
+    // Every batch is kept until the statistics are taken: the whole set must fit the budget.
+    let total = match fixed_batch {
+        Some(b) => count.div_ceil(b.max(1)).saturating_mul(b.max(1)),
+        None => count,
+    };
+    crate::limits::elements(
+        &format!("{total} forward-pass inputs of shape {rest:?} (fewer with --noise-batch, or give --input-shape)"),
+        total,
+        &rest,
+    )?;
     let mut out = Vec::new();
     let mut done = 0usize;
     let mut k = 0usize;

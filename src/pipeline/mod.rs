@@ -60,6 +60,7 @@ pub fn quantize(
     progress: &mut dyn FnMut(&str),
 ) -> Result<QuantizeReport> {
     cfg.validate(calibration.is_some_and(|c| !c.is_empty()))?;
+    model.graph.check_finite_weights()?;
     let mut timings = Timings::default();
 
     progress("fold-bn");
@@ -103,6 +104,7 @@ pub fn quantize(
 
     finish::finish(model, cfg, equalized.report.as_ref(), &emitted)?;
     report::set_modes(&mut layers, &emitted);
+    let warnings = report::warnings(&layers, cfg.weight_bits);
     Ok(QuantizeReport {
         version: env!("CARGO_PKG_VERSION"),
         config: cfg.clone(),
@@ -116,6 +118,7 @@ pub fn quantize(
         bias_corrected,
         equalized: equalized.report,
         equalize_note: equalized.note,
+        warnings,
         timings_ms: timings.0,
     })
 }

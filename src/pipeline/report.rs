@@ -68,6 +68,9 @@ pub struct LayerReport {
     pub channel_flips: u64,
     /// Elements that differ from round-to-nearest.
     pub changed_vs_nearest: u64,
+    /// Non-zero float weights that became integer 0.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub rounded_to_zero: u64,
     /// Activation input quantization.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub activation: Option<ActivationReport>,
@@ -108,6 +111,42 @@ pub struct QuantizeReport {
     pub equalize_note: Option<String>,
     /// Stage → milliseconds.
     pub timings_ms: Vec<(String, f64)>,
+    /// What the user should look at although the model was written (see [`warnings`]).
+    pub warnings: Vec<String>,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
+}
+
+/// Share of a weight tensor's non-zero values that may round to 0 before it is a warning.
+///
+/// A healthy 8-bit per-tensor scale leaves a few percent of the weights at 0 (the ones within
+/// half a step); when one outlier sets the scale (a 1e36 among weights of 0.1) nearly all of
+/// them do, and the layer computes little but its bias. Below 4 bits many zeros are expected,
+/// so the rule holds from 4 bits up.
+pub const ZERO_WARNING_FRACTION: f64 = 0.5;
+
+/// Warnings about the layers: weights mostly rounded to zero.
+#[must_use]
+pub fn warnings(layers: &[LayerReport], weight_bits: u32) -> Vec<String> {
+    if weight_bits < 4 {
+        return Vec::new();
+    }
+    layers
+        .iter()
+        .filter_map(|l| {
+            let n: usize = l.weight_shape.iter().product();
+            let z = l.rounded_to_zero as usize;
+            (n >= 16 && z as f64 > ZERO_WARNING_FRACTION * n as f64).then(|| {
+                format!(
+                    "{} ({}): {z} of {n} weights of `{}` round to 0 at scale {:.3e}: a few large \
+                     values set the scale (check the weights, or try --granularity per-channel)",
+                    l.node, l.op_type, l.weight, l.weight_scale
+                )
+            })
+        })
+        .collect()
 }
 
 /// Float weights of one op type in the written graph.
@@ -198,6 +237,9 @@ impl QuantizeReport {
                 })
                 .collect();
             let _ = writeln!(s, "float      weights left float: {}", parts.join(", "));
+        }
+        for w in &self.warnings {
+            let _ = writeln!(s, "warning    {w}");
         }
         if o.verbose {
             self.render_table(&mut s);
