@@ -1,7 +1,10 @@
 //! Mutation fuzzing at scale: decode + graph build + check + inspect + write-back over
 //! mutated fixtures, counting panics (which must be zero).
 //!
-//! `cargo bench --bench fuzz` runs 100,000 cases (`ISQUANT_FUZZ_CASES` to change).
+//! `cargo bench --bench fuzz` runs 100,000 byte-level cases (`ISQUANT_FUZZ_CASES` to change)
+//! and then 10,000 structured mutants through `quantize` end to end, tract included
+//! (`ISQUANT_FUZZ_QUANTIZE` to change; 0 skips it). Prints the totals, the slowest quantize
+//! case and the process's peak memory (VmHWM); exits 1 on any panic.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -38,7 +41,33 @@ fn main() {
         c.rejected,
         c.panics
     );
-    if c.panics > 0 {
+    let q_cases: usize = std::env::var("ISQUANT_FUZZ_QUANTIZE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(if quick { 20 } else { 10_000 });
+    let mut q_panics = 0;
+    if q_cases > 0 {
+        let t = Instant::now();
+        let q = fuzz::run_quantize(&seeds, q_cases, 0x15_0A_18);
+        println!(
+            "fuzz quantize: {} structured mutants in {:.1?}: {} quantized, {} rejected with an error, {} panics; slowest case {:.2?}",
+            q.cases, t.elapsed(), q.quantized, q.rejected, q.panics, q.slowest
+        );
+        for (i, msg) in &q.panic_cases {
+            println!("  panic in case {i}: {msg}");
+        }
+        q_panics = q.panics;
+    }
+    let hwm = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM"))
+                .map(str::to_string)
+        })
+        .unwrap_or_default();
+    println!("peak memory: {}", hwm.trim_start_matches("VmHWM:").trim());
+    if c.panics > 0 || q_panics > 0 {
         std::process::exit(1);
     }
 }

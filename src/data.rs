@@ -69,8 +69,14 @@ pub fn read_npy(path: &Path) -> Result<ArrayD<f32>> {
         .map(|s| s.parse::<usize>())
         .collect::<std::result::Result<_, _>>()
         .map_err(|_| bad(path, format!("cannot read .npy shape {shape_txt:?}")))?;
-    let count: usize = shape.iter().product();
+    let count = crate::limits::elements(
+        &format!("{} (.npy shape {shape:?})", path.display()),
+        1,
+        &shape,
+    )?;
     let data = &bytes[end..];
+    // Exactly the elements the shape names: a longer file is an error too, not a shape
+    // mismatch deep in ndarray.
     let values: Vec<f32> = match descr.as_str() {
         "<f4" | "=f4" => {
             check(path, data.len(), count * 4)?;
@@ -134,7 +140,7 @@ fn npy_header(descr: &str, shape: &str) -> Vec<u8> {
 }
 
 fn check(path: &Path, got: usize, want: usize) -> Result<()> {
-    if got < want {
+    if got != want {
         Err(bad(
             path,
             format!(".npy data has {got} bytes, the shape needs {want}"),

@@ -98,7 +98,7 @@ impl Error {
     /// Builds an [`Error::Tensor`].
     pub fn tensor(name: impl Into<String>, reason: impl Into<String>) -> Self {
         Error::Tensor {
-            name: name.into(),
+            name: shown(name.into()),
             reason: reason.into(),
         }
     }
@@ -110,7 +110,7 @@ impl Error {
         reason: impl Into<String>,
     ) -> Self {
         Error::Node {
-            node: node.into(),
+            node: shown(node.into()),
             op_type: op_type.into(),
             reason: reason.into(),
         }
@@ -123,5 +123,15 @@ impl Error {
             path: path.into(),
             source,
         }
+    }
+}
+
+/// A name for a message: an empty one (ONNX allows unnamed tensors and nodes) would print as
+/// "``", which reads like a formatting bug.
+fn shown(name: String) -> String {
+    if name.is_empty() {
+        "(unnamed)".into()
+    } else {
+        name
     }
 }
