@@ -90,6 +90,19 @@ impl Default for GuardOptions {
     }
 }
 
+/// Elements of the weight (input 1) of the node that produces `value` in `float`; 0 when
+/// there is none.
+fn weight_elements(float: &Model, value: &str) -> usize {
+    let producers = float.graph.producers();
+    producers
+        .get(value)
+        .and_then(|&i| float.graph.nodes.get(i))
+        .and_then(|n| n.input(1))
+        .and_then(|w| float.graph.constant_with(w, &producers).ok().flatten())
+        .and_then(|(t, _)| crate::onnx::tensor::element_count(&t).ok())
+        .unwrap_or(0)
+}
+
 /// The default threshold, dB (see the module docs and `docs/results.md`).
 pub const DEFAULT_MIN_SQNR_DB: f64 = 8.0;
 
@@ -118,6 +131,8 @@ pub struct KeptFloat {
     pub value: String,
     /// Its op in the int8 model before it was kept float.
     pub op: String,
+    /// Float weights it keeps (the elements of its weight tensor).
+    pub weights: usize,
     /// Its local SQNR on the guard's inputs, dB.
     #[serde(serialize_with = "finite_or_string")]
     pub local_sqnr_db: f64,
@@ -233,9 +248,10 @@ impl GuardReport {
         for k in &self.kept_float {
             let _ = writeln!(
                 s,
-                "           kept float {} ({}): local SQNR {} dB; worst output {} -> {} dB",
+                "           kept float {} ({}, {} weights): local SQNR {} dB; worst output {} -> {} dB",
                 k.value,
                 k.op,
+                k.weights,
                 db(k.local_sqnr_db),
                 db(k.worst_before_db),
                 db(k.worst_after_db)
@@ -398,6 +414,7 @@ pub fn quantize(
         };
         requantized += 1;
         let step = KeptFloat {
+            weights: weight_elements(float, &value),
             value,
             op,
             local_sqnr_db: local,

@@ -342,8 +342,10 @@ impl QuantizeReport {
             if let Some(why) = &l.float_input_reason {
                 let _ = writeln!(
                     s,
-                    "           {} ({}) keeps a float input: {why}",
-                    l.node, l.op_type
+                    "           {} ({}, {} int8 weights) keeps a float input: {why}",
+                    l.node,
+                    l.op_type,
+                    l.weight_shape.iter().product::<usize>()
                 );
             }
         }

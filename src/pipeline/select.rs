@@ -50,7 +50,10 @@ pub fn select(graph: &Graph, cfg: &QuantizeConfig) -> Result<Selection> {
             Some(reason) => skipped.push(Skip {
                 node: t.name.clone(),
                 op_type: t.op_type.clone(),
-                reason,
+                reason: format!(
+                    "{reason} (keeps {} float weights)",
+                    t.weight_shape.iter().product::<usize>()
+                ),
             }),
             None => chosen.push(t),
         }
