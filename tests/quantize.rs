@@ -695,3 +695,37 @@ fn input_range_reaches_the_first_layer_through_transpose_slice_concat_pad_cast()
         assert!(db > 30.0, "{via}: SQNR {db:.1} dB on 0..255 inputs");
     }
 }
+
+/// An IR 3 model (opset 8, every initializer also a graph input, as exporters of 2018 wrote
+/// them) used to come out at IR 3 with opset 10 and new initializers that are not graph
+/// inputs, which onnx.checker rejects. The IR version now follows the opset the output needs.
+#[test]
+fn ir3_models_come_out_with_an_ir_version_their_opset_allows() {
+    let mut m = crate::common::proto("fmnist-small-bn.onnx");
+    m.ir_version = Some(3);
+    m.opset_import[0].version = Some(8);
+    let g = m.graph.as_mut().unwrap();
+    for n in &mut g.node {
+        if n.op_type() == "MaxPool" {
+            n.attribute
+                .retain(|a| !matches!(a.name(), "ceil_mode" | "dilations"));
+        }
+    }
+    let inits: Vec<(String, Vec<i64>)> = g
+        .initializer
+        .iter()
+        .map(|t| (t.name().to_string(), t.dims.clone()))
+        .collect();
+    for (name, dims) in inits {
+        g.input.push(crate::common::build::value_info(&name, &dims));
+    }
+    let (q, _) = quantize_proto(&m, &QuantizeConfig::default());
+    let opset = q.opset_import[0].version();
+    assert!(opset >= 10, "QuantizeLinear needs opset 10, got {opset}");
+    assert!(
+        q.ir_version() >= isquant::pipeline::finish::min_ir_version(opset),
+        "IR {} with opset {opset}",
+        q.ir_version()
+    );
+    assert!(sqnr(&m, &q, &[1, 1, 28, 28], 0.0, 1.0) > 25.0);
+}

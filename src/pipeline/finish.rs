@@ -50,6 +50,13 @@ pub fn finish(
     if model.ir_version() > ir && !model.uses_recent_ir_features() {
         model.set_ir_version(ir);
     }
+    // An old model (IR 3, opset ≤ 8) whose opset emission raised: its IR version must follow,
+    // or onnx.checker rejects the opset; and from IR 4 on initializers need not be graph inputs
+    // (IR 3 requires every initializer to be one, which the new scales and integer weights
+    // are not).
+    if model.ir_version() < ir {
+        model.set_ir_version(ir);
+    }
     model.set_metadata("isquant.version", env!("CARGO_PKG_VERSION"));
     model.set_metadata(
         "isquant.method",
