@@ -729,3 +729,45 @@ fn ir3_models_come_out_with_an_ir_version_their_opset_allows() {
     );
     assert!(sqnr(&m, &q, &[1, 1, 28, 28], 0.0, 1.0) > 25.0);
 }
+
+/// Opset-10 models in the Q/DQ formats: ONNX Runtime's fusion used to insert an opset-11
+/// `Round` to quantize the float bias, and the model did not load. The bias now comes as
+/// int32 through a DequantizeLinear, as ONNX Runtime's own quantizer writes it.
+#[test]
+fn opset10_qdq_biases_are_int32_dequantized() {
+    use isquant::passes::emit::{Format, QdqOutputs};
+    let int32 = pb::tensor_proto::DataType::Int32 as i32;
+    let mut m = crate::common::proto("fmnist-small-bn.onnx");
+    m.ir_version = Some(5);
+    m.opset_import[0].version = Some(10);
+    let cfg = QuantizeConfig {
+        format: Format::QdqU8,
+        qdq_outputs: QdqOutputs::All,
+        ..Default::default()
+    };
+    let (q, _) = quantize_proto(&m, &cfg);
+    assert_eq!(q.opset_import[0].version(), 10, "the opset is not raised");
+    let g = q.graph.as_ref().unwrap();
+    let int32_inits: std::collections::HashSet<&str> = g
+        .initializer
+        .iter()
+        .filter(|t| t.data_type() == int32)
+        .map(|t| t.name())
+        .collect();
+    let bias_dq = g
+        .node
+        .iter()
+        .filter(|n| n.op_type() == "DequantizeLinear" && int32_inits.contains(n.input[0].as_str()))
+        .count();
+    assert!(bias_dq >= 3, "{bias_dq} int32 bias DequantizeLinear nodes");
+    assert!(sqnr(&m, &q, &[1, 1, 28, 28], 0.0, 1.0) > 25.0);
+    // At opset 13 the bias stays float (ONNX Runtime quantizes it with an opset-11 Round).
+    let (q13, _) = quantize_proto(&crate::common::proto("fmnist-small-bn.onnx"), &cfg);
+    assert!(q13
+        .graph
+        .as_ref()
+        .unwrap()
+        .initializer
+        .iter()
+        .all(|t| t.data_type() != int32));
+}

@@ -459,7 +459,7 @@ pub fn emit(
             None => emit_weight_only(&mut e, node, plan),
             Some(act) if format.is_qdq() => {
                 let out_q = node.outputs.first().and_then(|o| out_qs.get(o)).cloned();
-                qdq::emit_qdq(&mut e, node, plan, act, out_q)
+                qdq::emit_qdq(&mut e, node, plan, act, out_q, bias.as_ref())
             }
             Some(act) => integer::emit_integer(&mut e, node, plan, act, bias)?,
         };

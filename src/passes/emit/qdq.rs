@@ -3,6 +3,10 @@
 
 use std::collections::HashMap;
 
+use ndarray::ArrayD;
+
+use crate::onnx::tensor::{from_array, TensorData};
+
 use super::{
     base_name, weight_dq, ActQuant, EmittedLayer, Emitter, Form, Format, LayerPlan, QdqOutputs, Zp,
 };
@@ -176,11 +180,36 @@ pub(super) fn emit_qdq(
     plan: &LayerPlan,
     act: &ActQuant,
     out_q: Option<OutQ>,
+    bias: Option<&ArrayD<f32>>,
 ) -> EmittedLayer {
     let base = base_name(&node);
     let (x_q, x_s, x_z) = e.quantize(act, &base);
     let x_dq = e.dequantize(&x_q, &x_s, &x_z, &base, "_input_dequantize");
     let (w_dq, q_name) = weight_dq(e, &node, plan);
+    // Below opset 11 ONNX Runtime's Q/DQ fusion quantizes a float bias itself with a `Round`
+    // node, which opset 10 does not have, and the model fails to load ("No Op registered for
+    // Round with domain_version of 10"). There the bias is given as ONNX Runtime's own
+    // quantizer writes it: int32 at scale `s_x·s_w`, zero-point 0, through a DequantizeLinear
+    // (which takes int32 from opset 10). Per-channel weights need opset 13, so this is the
+    // per-tensor case only.
+    if e.opset < 11 && plan.weight.channel_scales.is_none() {
+        if let (Some(b), Some(b_name)) = (bias, node.input(2).map(str::to_string)) {
+            let s_b = f64::from(act.scale) * f64::from(plan.weight.scale);
+            if s_b > 0.0 {
+                let q = b.mapv(|v| (f64::from(v) / s_b).round().clamp(-2.0e9, 2.0e9) as i32);
+                let q_name = e.names.fresh(&b_name, "_quantized");
+                e.graph
+                    .set_initializer(from_array(&q_name, &TensorData::I32(q)));
+                let s = e.scalar_f32(&b_name, "_scale", s_b as f32);
+                let z = e.names.fresh(&b_name, "_zero_point");
+                e.graph.set_initializer(from_array(
+                    &z,
+                    &TensorData::I32(ndarray::arr0(0i32).into_dyn()),
+                ));
+                node.inputs[2] = e.dequantize(&q_name, &s, &z, &base, "_bias_dequantize");
+            }
+        }
+    }
     let mut row = EmittedLayer::new(&node, plan, e.format, Form::Qdq, q_name);
     row.activation = Some(e.act_zp(act).encoding(act.scale));
     node.inputs[0] = x_dq;
