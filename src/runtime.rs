@@ -142,8 +142,15 @@ impl TractModel {
     fn run_inner(&self, inputs: &[ArrayD<f32>]) -> Result<Vec<ArrayD<f32>>> {
         let mut tv: TVec<TValue> = tvec!();
         for x in inputs {
-            let data: Vec<f32> = x.iter().copied().collect();
-            let t = Tensor::from_shape(x.shape(), &data).map_err(tract_err("build an input"))?;
+            // Contiguous inputs (all the tool makes) are copied as one block.
+            let t = match x.as_slice() {
+                Some(data) => Tensor::from_shape(x.shape(), data),
+                None => {
+                    let data: Vec<f32> = x.iter().copied().collect();
+                    Tensor::from_shape(x.shape(), &data)
+                }
+            }
+            .map_err(tract_err("build an input"))?;
             tv.push(t.into());
         }
         let outs = self.plan.run(tv).map_err(tract_err("run the model"))?;
@@ -155,7 +162,10 @@ impl TractModel {
                 let view = o
                     .to_plain_array_view::<f32>()
                     .map_err(tract_err("read an output"))?;
-                let v: Vec<f32> = view.iter().copied().collect();
+                let v: Vec<f32> = match view.as_slice() {
+                    Some(s) => s.to_vec(),
+                    None => view.iter().copied().collect(),
+                };
                 ArrayD::from_shape_vec(IxDyn(view.shape()), v).map_err(|e| Error::Tract {
                     action: "shape an output".into(),
                     source: e.to_string().into(),

@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 
 use ndarray::ArrayD;
+use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::error::Result;
@@ -39,6 +40,11 @@ pub struct Observed {
 
 impl Observed {
     fn add(&mut self, values: &ArrayD<f32>, sample_stride: usize) {
+        // tract's outputs are contiguous: one pass over memory, a channel's run at a time.
+        if let Some(slice) = values.as_slice() {
+            self.add_contiguous(values.shape(), slice, sample_stride);
+            return;
+        }
         if values.ndim() >= 2 {
             let c = values.shape()[1];
             self.feature_map = values.ndim() >= 3;
@@ -66,6 +72,49 @@ impl Observed {
                 self.sample.push(v.abs());
             }
         }
+    }
+
+    /// [`Observed::add`] for a standard-layout tensor: `[N, C, inner…]` is N·C contiguous
+    /// runs of `inner` values, channel `(run mod C)`; each run feeds the summary and its
+    /// channel's sums in one vectorized pass ([`Summary::add_slice`]).
+    fn add_contiguous(&mut self, shape: &[usize], slice: &[f32], sample_stride: usize) {
+        let (c, inner) = if shape.len() >= 2 {
+            (shape[1].max(1), shape[2..].iter().product::<usize>().max(1))
+        } else {
+            (1, slice.len().max(1))
+        };
+        if shape.len() >= 2 {
+            self.feature_map = shape.len() >= 3;
+            if self.channel_sum.len() != c {
+                self.channel_sum = vec![0.0; c];
+                self.channel_sum_sq = vec![0.0; c];
+                self.channel_count = 0;
+            }
+        }
+        for (r, run) in slice.chunks(inner).enumerate() {
+            let (s1, s2) = self.summary.add_slice(run);
+            if shape.len() >= 2 {
+                self.channel_sum[r % c] += s1;
+                self.channel_sum_sq[r % c] += s2;
+            }
+        }
+        if shape.len() >= 2 {
+            self.channel_count += (slice.len() / c) as u64;
+        }
+        if sample_stride > 0 {
+            // Every `stride`-th value of the whole pass, finite ones kept.
+            let stride = sample_stride as u64;
+            let first = (stride - self.seen % stride) % stride;
+            let mut i = first;
+            while i < slice.len() as u64 {
+                let v = slice[i as usize];
+                if v.is_finite() {
+                    self.sample.push(v.abs());
+                }
+                i += stride;
+            }
+        }
+        self.seen += slice.len() as u64;
     }
 
     /// Smallest finite value seen.
@@ -178,9 +227,20 @@ pub fn observe(
             }
         };
         let results = plans[k].1.run(batch)?;
-        for (name, r) in values.iter().zip(&results) {
-            out.entry(name.clone()).or_default().add(r, sample_stride);
+        // Tensors are independent: their statistics are taken side by side.
+        let mut slots: Vec<(&mut Observed, &ArrayD<f32>)> = Vec::with_capacity(results.len());
+        for name in values {
+            out.entry(name.clone()).or_default();
         }
+        let by_name: BTreeMap<&String, &ArrayD<f32>> = values.iter().zip(&results).collect();
+        for (name, o) in out.iter_mut() {
+            if let Some(r) = by_name.get(name) {
+                slots.push((o, r));
+            }
+        }
+        slots
+            .into_par_iter()
+            .for_each(|(o, r)| o.add(r, sample_stride));
         progress(b + 1, batches.len());
     }
     Ok(out)
