@@ -69,17 +69,20 @@ pub fn read_npy(path: &Path) -> Result<ArrayD<f32>> {
         .map(|s| s.parse::<usize>())
         .collect::<std::result::Result<_, _>>()
         .map_err(|_| bad(path, format!("cannot read .npy shape {shape_txt:?}")))?;
-    let count: usize = shape.iter().product();
+    let count = shape
+        .iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d))
+        .ok_or_else(|| bad(path, format!(".npy shape {shape_txt:?} is too large")))?;
     let data = &bytes[end..];
     let values: Vec<f32> = match descr.as_str() {
         "<f4" | "=f4" => {
-            check(path, data.len(), count * 4)?;
+            check(path, data.len(), count.saturating_mul(4))?;
             data.chunks_exact(4)
                 .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
                 .collect()
         }
         "<f8" | "=f8" => {
-            check(path, data.len(), count * 8)?;
+            check(path, data.len(), count.saturating_mul(8))?;
             data.chunks_exact(8)
                 .map(|c| {
                     let mut a = [0u8; 8];
