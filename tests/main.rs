@@ -15,5 +15,6 @@ mod guard;
 mod heads;
 mod ocr;
 mod quantize;
+mod robustness;
 mod roundtrip;
 mod validate;
