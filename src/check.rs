@@ -54,18 +54,24 @@ fn elem_type(
     v: &str,
     producers: &std::collections::HashMap<&str, usize>,
 ) -> Option<i32> {
-    if let Some((t, _)) = g.constant_with(v, producers).ok().flatten() {
-        return t.data_type;
-    }
-    let n = &g.nodes[*producers.get(v)?];
-    if n.is("QuantizeLinear") {
-        return match n.input(2) {
-            Some(zp) => elem_type(g, zp, producers),
-            None => Some(DataType::Uint8 as i32),
-        };
-    }
-    if n.is("DynamicQuantizeLinear") {
-        return Some(DataType::Uint8 as i32);
+    // Iterative through chains of QuantizeLinear zero points (bounded: no stack per node).
+    let mut v = v;
+    for _ in 0..crate::graph::MAX_CONSTANT_STEPS {
+        if let Some((t, _)) = g.constant_with(v, producers).ok().flatten() {
+            return t.data_type;
+        }
+        let n = &g.nodes[*producers.get(v)?];
+        if n.is("QuantizeLinear") {
+            match n.input(2) {
+                Some(zp) => v = zp,
+                None => return Some(DataType::Uint8 as i32),
+            }
+            continue;
+        }
+        if n.is("DynamicQuantizeLinear") {
+            return Some(DataType::Uint8 as i32);
+        }
+        return None;
     }
     None
 }

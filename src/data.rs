@@ -79,13 +79,13 @@ pub fn read_npy(path: &Path) -> Result<ArrayD<f32>> {
     // mismatch deep in ndarray.
     let values: Vec<f32> = match descr.as_str() {
         "<f4" | "=f4" => {
-            check(path, data.len(), count * 4)?;
+            check(path, data.len(), count.saturating_mul(4))?;
             data.chunks_exact(4)
                 .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
                 .collect()
         }
         "<f8" | "=f8" => {
-            check(path, data.len(), count * 8)?;
+            check(path, data.len(), count.saturating_mul(8))?;
             data.chunks_exact(8)
                 .map(|c| {
                     let mut a = [0u8; 8];

@@ -136,7 +136,9 @@ pub fn serde_name<T: serde::Serialize>(v: &T) -> String {
 }
 
 /// Reads a model file (resolving external data), builds the editable graph and checks it
-/// (every input defined, no value produced twice, no cycle).
+/// (every input defined, no value produced twice, no cycle; tensors consistent with their
+/// shapes; node arity, attributes and opset per [`graph::validate`]), before any pass or
+/// tract sees it.
 ///
 /// # Errors
 /// Unreadable or invalid files and malformed graphs; every error names the file, node or
@@ -162,6 +164,7 @@ fn build(loaded: onnx::io::Loaded, path: &Path) -> Result<LoadedModel> {
     let model = graph::Model::from_proto(loaded.model).map_err(|e| in_file(path, e))?;
     model.graph.check().map_err(|e| in_file(path, e))?;
     check_tensors(&model).map_err(|e| in_file(path, e))?;
+    graph::validate::validate(&model).map_err(|e| in_file(path, e))?;
     Ok(LoadedModel {
         model,
         info: loaded.info,

@@ -16,5 +16,6 @@ mod heads;
 mod limits;
 mod ocr;
 mod quantize;
+mod robustness;
 mod roundtrip;
 mod validate;

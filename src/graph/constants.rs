@@ -1,4 +1,9 @@
 //! Constant values: initializers, `Constant` nodes (through `Identity`), constant Reshapes.
+//!
+//! Rules: resolution never recurses per node (an explicit stack), looks through at most
+//! [`MAX_CONSTANT_STEPS`] `Identity` / `Reshape` nodes per value (past that the value counts as
+//! computed at run time, which is always safe: the layer stays float), and a reshaped constant
+//! shares the bytes of its data (no copy per Reshape).
 
 use std::borrow::Borrow;
 use std::collections::HashMap;
@@ -6,7 +11,10 @@ use std::hash::Hash;
 
 use super::{Graph, Node};
 use crate::error::Result;
-use crate::onnx::{attrs, pb, tensor};
+use crate::onnx::{attrs, pb, tensor, DataType};
+
+/// How many `Identity` / `Reshape` nodes [`Graph::constant_with`] looks through for one value.
+pub const MAX_CONSTANT_STEPS: usize = 256;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ConstantSource {
@@ -33,6 +41,11 @@ impl Graph {
 
     /// As [`Graph::constant`], with a producer index the caller already built.
     ///
+    /// The resolution is iterative (an explicit stack, no recursion per node) and visits at
+    /// most [`MAX_CONSTANT_STEPS`] values: a value behind a longer chain of `Identity` /
+    /// `Reshape` nodes is reported as not constant (`Ok(None)`), which keeps every caller
+    /// linear in the graph size and the stack flat on hostile chains.
+    ///
     /// # Errors
     /// As [`Graph::constant`].
     pub fn constant_with<K: Borrow<str> + Hash + Eq>(
@@ -40,86 +53,73 @@ impl Graph {
         name: &str,
         producers: &HashMap<K, usize>,
     ) -> Result<Option<(pb::TensorProto, ConstantSource)>> {
-        let mut name = name;
-        // Identity chains are short; the bound only protects against malformed cycles.
-        for _ in 0..64 {
-            if let Some(t) = self.initializer(name) {
-                return Ok(Some((t.clone(), ConstantSource::Initializer)));
+        type Resolved = Option<(pb::TensorProto, ConstantSource)>;
+        let mut memo: HashMap<&str, Resolved> = HashMap::new();
+        // (value, its inputs were pushed already)
+        let mut stack: Vec<(&str, bool)> = vec![(name, false)];
+        let mut steps = 0usize;
+        while let Some((v, expanded)) = stack.pop() {
+            if memo.contains_key(v) {
+                continue;
             }
-            let Some(node) = producers.get(name).and_then(|&i| self.nodes.get(i)) else {
-                return Ok(None);
+            if let Some(t) = self.initializer(v) {
+                memo.insert(v, Some((t.clone(), ConstantSource::Initializer)));
+                continue;
+            }
+            let Some((i, node)) = producers
+                .get(v)
+                .and_then(|&i| self.nodes.get(i).map(|n| (i, n)))
+            else {
+                memo.insert(v, None);
+                continue;
             };
-            let i = producers.get(name).copied().unwrap_or_default();
-            if node.is("Identity") {
-                match node.input(0) {
-                    Some(src) => {
-                        name = src;
+            let deps: Vec<&str> = if node.is("Identity") {
+                node.input(0).into_iter().collect()
+            } else if node.is("Reshape") {
+                match (node.input(0), node.input(1)) {
+                    (Some(d), Some(s)) => vec![d, s],
+                    _ => {
+                        memo.insert(v, None);
                         continue;
                     }
-                    None => return Ok(None),
                 }
-            }
-            if node.is("Reshape") {
-                return self.constant_reshape(node, producers);
-            }
-            if !node.is("Constant") {
-                return Ok(None);
-            }
-            return constant_node_value(node, name)
-                .map(|t| Some((t, ConstantSource::ConstantNode(i))));
-        }
-        Ok(None)
-    }
-
-    /// `Reshape(constant FLOAT data, constant shape)` folded to a constant (Paddle exports
-    /// put biases behind such Reshapes). `None` when either input is not constant.
-    fn constant_reshape<K: Borrow<str> + Hash + Eq>(
-        &self,
-        node: &Node,
-        producers: &HashMap<K, usize>,
-    ) -> Result<Option<(pb::TensorProto, ConstantSource)>> {
-        let (Some(data), Some(shape)) = (node.input(0), node.input(1)) else {
-            return Ok(None);
-        };
-        let (Some((d, src)), Some((s, _))) = (
-            self.constant_with(data, producers)?,
-            self.constant_with(shape, producers)?,
-        ) else {
-            return Ok(None);
-        };
-        let tensor::TensorData::F32(values) = tensor::to_array(&d)? else {
-            return Ok(None);
-        };
-        let Some(target) = tensor::to_array(&s)?.to_i64() else {
-            return Ok(None);
-        };
-        let mut dims: Vec<usize> = Vec::with_capacity(target.len());
-        let mut infer = None;
-        for (k, &t) in target.iter().enumerate() {
-            match t {
-                0 => dims.push(values.shape().get(k).copied().unwrap_or(1)),
-                -1 if infer.is_none() => {
-                    infer = Some(k);
-                    dims.push(1);
+            } else if node.is("Constant") {
+                let t = constant_node_value(node, v)?;
+                memo.insert(v, Some((t, ConstantSource::ConstantNode(i))));
+                continue;
+            } else {
+                memo.insert(v, None);
+                continue;
+            };
+            if !expanded {
+                steps += 1;
+                if steps > MAX_CONSTANT_STEPS || deps.is_empty() {
+                    return Ok(None);
                 }
-                t if t > 0 => dims.push(t as usize),
-                _ => return Err(node.error(format!("invalid target shape {target:?}"))),
+                stack.push((v, true));
+                // A dependency already on the stack unexpanded is a cycle: resolve it to None
+                // when it comes back (memo) rather than looping.
+                for d in deps {
+                    if stack.iter().any(|&(s, e)| s == d && e) {
+                        memo.insert(d, None);
+                    } else {
+                        stack.push((d, false));
+                    }
+                }
+                continue;
             }
+            let got = |d: &str| memo.get(d).cloned().flatten();
+            let r = if node.is("Identity") {
+                deps.first().and_then(|d| got(d))
+            } else {
+                match (got(deps[0]), got(deps[1])) {
+                    (Some((d, src)), Some((s, _))) => reshaped(node, &d, &s)?.map(|t| (t, src)),
+                    _ => None,
+                }
+            };
+            memo.insert(v, r);
         }
-        if let Some(k) = infer {
-            let known: usize = dims.iter().product();
-            if known == 0 || values.len() % known != 0 {
-                return Err(
-                    node.error(format!("cannot reshape {:?} to {target:?}", values.shape()))
-                );
-            }
-            dims[k] = values.len() / known;
-        }
-        let name = node.outputs.first().cloned().unwrap_or_default();
-        match values.into_shape_with_order(ndarray::IxDyn(&dims)) {
-            Ok(v) => Ok(Some((tensor::from_f32(&name, v), src))),
-            Err(e) => Err(node.error(format!("cannot reshape to {target:?}: {e}"))),
-        }
+        Ok(memo.remove(name).flatten())
     }
 
     /// A constant value decoded as f32 (see [`Graph::constant`]).
@@ -160,6 +160,56 @@ impl Graph {
         }
         Ok(Some((bounds[0], bounds[1])))
     }
+}
+
+/// `Reshape(data, shape)` of two constants: FLOAT data (FLOAT16 widened) with the target
+/// dimensions, sharing `data`'s bytes; `None` for other element types or a non-integer shape.
+fn reshaped(
+    node: &Node,
+    data: &pb::TensorProto,
+    shape: &pb::TensorProto,
+) -> Result<Option<pb::TensorProto>> {
+    let name = node.outputs.first().cloned().unwrap_or_default();
+    let data = match data.data_type {
+        Some(c) if c == DataType::Float as i32 => tensor::to_raw(data)?,
+        Some(c) if c == DataType::Float16 as i32 => tensor::from_f32(&name, tensor::to_f32(data)?),
+        _ => return Ok(None),
+    };
+    tensor::check(&data)?;
+    let Some(target) = tensor::to_array(shape)?.to_i64() else {
+        return Ok(None);
+    };
+    let from = tensor::shape_of(&data)?;
+    let count = tensor::element_count(&data)?;
+    let mut dims: Vec<usize> = Vec::with_capacity(target.len());
+    let mut infer = None;
+    for (k, &t) in target.iter().enumerate() {
+        match t {
+            0 => dims.push(from.get(k).copied().unwrap_or(1)),
+            -1 if infer.is_none() => {
+                infer = Some(k);
+                dims.push(1);
+            }
+            t if t > 0 => dims.push(usize::try_from(t).unwrap_or(usize::MAX)),
+            _ => return Err(node.error(format!("invalid target shape {target:?}"))),
+        }
+    }
+    let known = dims
+        .iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d))
+        .ok_or_else(|| node.error(format!("target shape {target:?} is too large")))?;
+    if let Some(k) = infer {
+        if known == 0 || count % known != 0 {
+            return Err(node.error(format!("cannot reshape {from:?} to {target:?}")));
+        }
+        dims[k] = count / known;
+    } else if known != count {
+        return Err(node.error(format!("cannot reshape {from:?} to {target:?}")));
+    }
+    let mut out = data;
+    out.name = Some(name);
+    out.dims = dims.iter().map(|&d| d as i64).collect();
+    Ok(Some(out))
 }
 
 /// The tensor a `Constant` node produces, from whichever attribute holds it.

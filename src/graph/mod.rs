@@ -14,15 +14,17 @@
 //! `Model::from_proto(m).to_proto() == m` holds for every valid model (tested on every fixture).
 //!
 //! Submodules: `node` (one node), `constants` (constant resolution), `order` (checks,
-//! topological order, clean-up), [`names`] (fresh names).
+//! topological order, clean-up), [`names`] (fresh names), [`validate`] (structural rules
+//! checked once at load: arity, attribute ranks and values, opset).
 
 mod constants;
 mod finite;
 pub mod names;
 mod node;
 mod order;
+pub mod validate;
 
-pub use constants::ConstantSource;
+pub use constants::{ConstantSource, MAX_CONSTANT_STEPS};
 pub use node::Node;
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};

@@ -118,49 +118,44 @@ impl Graph {
     /// Every value name referenced anywhere: node inputs (including inside subgraphs, which
     /// may capture outer values) and graph outputs.
     pub(super) fn referenced_names(&self) -> HashSet<String> {
-        fn walk(g: &pb::GraphProto, out: &mut HashSet<String>) {
-            for n in &g.node {
-                out.extend(n.input.iter().cloned());
-                for a in &n.attribute {
-                    if let Some(sub) = &a.g {
-                        walk(sub, out);
-                    }
-                    for sub in &a.graphs {
-                        walk(sub, out);
-                    }
-                }
-            }
-        }
         let mut out = HashSet::new();
         for n in &self.nodes {
-            out.extend(n.inputs.iter().cloned());
-            for a in &n.attributes {
-                if let Some(sub) = &a.g {
-                    walk(sub, &mut out);
-                }
-                for sub in &a.graphs {
-                    walk(sub, &mut out);
-                }
-            }
+            node_references(n, |s| {
+                out.insert(s.to_string());
+            });
         }
         out.extend(self.outputs.iter().filter_map(|o| o.name.clone()));
         out
     }
 
-    /// Removes nodes none of whose outputs is used (repeatedly). Returns how many were removed.
+    /// Removes nodes none of whose outputs is used, directly or through other removed nodes.
+    /// Returns how many were removed.
+    ///
+    /// One reverse-reachability pass from the graph outputs (linear in the graph size): a
+    /// node is kept when one of its outputs is a graph output or is read (as an input, or
+    /// captured by a subgraph) by a kept node.
     pub fn remove_dead_nodes(&mut self) -> usize {
-        let mut removed = 0;
-        loop {
-            let used = self.referenced_names();
-            let before = self.nodes.len();
-            self.nodes
-                .retain(|n| n.outputs.iter().any(|o| !o.is_empty() && used.contains(o)));
-            let gone = before - self.nodes.len();
-            if gone == 0 {
-                return removed;
+        let producers: HashMap<&str, usize> = self.producers();
+        let mut live = vec![false; self.nodes.len()];
+        let mut stack: Vec<usize> = Vec::new();
+        let mark = |name: &str, live: &mut Vec<bool>, stack: &mut Vec<usize>| {
+            if let Some(&i) = producers.get(name) {
+                if !live[i] {
+                    live[i] = true;
+                    stack.push(i);
+                }
             }
-            removed += gone;
+        };
+        for o in self.outputs.iter().filter_map(|o| o.name.as_deref()) {
+            mark(o, &mut live, &mut stack);
         }
+        while let Some(i) = stack.pop() {
+            node_references(&self.nodes[i], |s| mark(s, &mut live, &mut stack));
+        }
+        let before = self.nodes.len();
+        let mut keep = live.into_iter();
+        self.nodes.retain(|_| keep.next().unwrap_or(true));
+        before - self.nodes.len()
     }
 
     /// Removes initializers no node (or subgraph) uses and that are not graph outputs, and
@@ -181,5 +176,25 @@ impl Graph {
             .retain(|i| !dropped.contains(i.name.as_deref().unwrap_or("")));
         self.reindex_initializers();
         before - self.initializers.len()
+    }
+}
+
+/// Calls `f` with every value name `n` reads: its inputs and the names its subgraphs read
+/// (walked with an explicit stack, not recursion).
+fn node_references<'a>(n: &'a Node, mut f: impl FnMut(&'a str)) {
+    n.inputs.iter().for_each(|s| f(s));
+    let mut graphs: Vec<&'a pb::GraphProto> = Vec::new();
+    let push = |attrs: &'a [pb::AttributeProto], graphs: &mut Vec<&'a pb::GraphProto>| {
+        for a in attrs {
+            graphs.extend(a.g.as_ref());
+            graphs.extend(a.graphs.iter());
+        }
+    };
+    push(&n.attributes, &mut graphs);
+    while let Some(g) = graphs.pop() {
+        for sub in &g.node {
+            sub.input.iter().for_each(|s| f(s));
+            push(&sub.attribute, &mut graphs);
+        }
     }
 }

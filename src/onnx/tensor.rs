@@ -13,7 +13,10 @@
 //!
 //! Reading accepts both; writing always uses `raw_data`. External data must already have been
 //! resolved into `raw_data` by [`crate::onnx::io`]. Every length is checked against the shape:
-//! a mismatch is an error naming the tensor, never a panic.
+//! a mismatch is an error naming the tensor, never a panic. Element and byte counts computed
+//! from `dims` use checked arithmetic (a negative dimension, or a count or byte size that
+//! overflows `usize`, is an error naming the tensor: a `[2^62]` FLOAT tensor never passes
+//! as 0 bytes).
 
 use bytes::Bytes;
 use ndarray::{ArrayD, IxDyn};
@@ -135,12 +138,16 @@ pub fn shape_of(t: &pb::TensorProto) -> Result<Vec<usize>> {
     Ok(shape)
 }
 
-/// Number of elements of a tensor.
+/// Number of elements of a tensor (checked: never wraps).
 ///
 /// # Errors
 /// As [`shape_of`].
 pub fn element_count(t: &pb::TensorProto) -> Result<usize> {
-    Ok(shape_of(t)?.iter().product())
+    let shape = shape_of(t)?;
+    shape
+        .iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d))
+        .ok_or_else(|| Error::tensor(tensor_name(t), format!("shape {:?} is too large", t.dims)))
 }
 
 /// True when the tensor's values live in an external file (not yet resolved).
@@ -148,13 +155,29 @@ pub fn is_external(t: &pb::TensorProto) -> bool {
     t.data_location == Some(DataLocation::External as i32)
 }
 
-/// Number of bytes the tensor's values take (raw or typed), for size reports.
+/// Number of bytes `count` elements of `N` bytes take, as an error naming the tensor when
+/// it overflows `usize` (a `[2^62]` FLOAT tensor must not pass as 0 bytes).
+fn byte_count(t: &pb::TensorProto, count: usize, size: usize) -> Result<usize> {
+    count.checked_mul(size).ok_or_else(|| {
+        Error::tensor(
+            tensor_name(t),
+            format!(
+                "shape {:?} of {} is too large ({count} elements of {size} bytes overflow)",
+                t.dims,
+                data_type_name(t.data_type.unwrap_or(0))
+            ),
+        )
+    })
+}
+
+/// Number of bytes the tensor's values take (raw or typed), for size reports (saturating:
+/// a shape too large to count reports `usize::MAX`; [`check`] rejects such tensors).
 pub fn payload_bytes(t: &pb::TensorProto) -> usize {
     if let Some(raw) = &t.raw_data {
         return raw.len();
     }
     let count = element_count(t).unwrap_or(0);
-    count * element_size(t.data_type.unwrap_or(0)).unwrap_or(0)
+    count.saturating_mul(element_size(t.data_type.unwrap_or(0)).unwrap_or(0))
 }
 
 fn check_len(t: &pb::TensorProto, what: &str, got: usize, expected: usize) -> Result<()> {
@@ -177,7 +200,7 @@ fn raw_chunks<'a, const N: usize>(
     raw: &'a Bytes,
     count: usize,
 ) -> Result<impl Iterator<Item = [u8; N]> + 'a> {
-    check_len(t, "raw_data", raw.len(), count * N)?;
+    check_len(t, "raw_data", raw.len(), byte_count(t, count, N)?)?;
     Ok(raw.chunks_exact(N).map(|c| {
         let mut a = [0u8; N];
         a.copy_from_slice(c);
@@ -232,7 +255,7 @@ pub fn check(t: &pb::TensorProto) -> Result<()> {
     }
     if let Some(raw) = &t.raw_data {
         if let Some(size) = element_size(code) {
-            check_len(t, "raw_data", raw.len(), count * size)?;
+            check_len(t, "raw_data", raw.len(), byte_count(t, count, size)?)?;
         }
         return Ok(());
     }
@@ -272,7 +295,7 @@ pub fn to_array(t: &pb::TensorProto) -> Result<TensorData> {
         ));
     }
     let shape = shape_of(t)?;
-    let count: usize = shape.iter().product();
+    let count = element_count(t)?;
     let code = t.data_type.unwrap_or(0);
     let dt = DataType::try_from(code)
         .map_err(|_| Error::tensor(name, format!("unknown data type code {code}")))?;
@@ -570,5 +593,22 @@ mod tests {
 
         let t = typed(DataType::Float, &[i64::MAX, i64::MAX]);
         assert!(to_array(&t).unwrap_err().to_string().contains("too large"));
+    }
+
+    #[test]
+    fn byte_counts_that_wrap_are_errors() {
+        // 2^62 FLOAT elements are 2^64 bytes: wraps to 0 in unchecked arithmetic.
+        let mut t = typed(DataType::Float, &[1 << 62]);
+        t.raw_data = Some(Bytes::new());
+        let e = check(&t).unwrap_err().to_string();
+        assert!(e.contains("tensor `t`") && e.contains("too large"), "{e}");
+        assert!(to_array(&t).unwrap_err().to_string().contains("too large"));
+        let t = typed(DataType::Float, &[1 << 62]);
+        assert!(check(&t).unwrap_err().to_string().contains("tensor `t`"));
+        let mut t = typed(DataType::Double, &[1 << 61, 2]);
+        t.raw_data = Some(Bytes::new());
+        assert!(check(&t).unwrap_err().to_string().contains("too large"));
+        let t = typed(DataType::Float, &[3, -1]);
+        assert!(check(&t).unwrap_err().to_string().contains("negative"));
     }
 }

@@ -418,10 +418,10 @@ pub(super) fn float_weights(graph: &Graph) -> Vec<FloatWeights> {
                 .dims
                 .iter()
                 .map(|&d| usize::try_from(d).unwrap_or(0))
-                .product();
+                .fold(1usize, usize::saturating_mul);
             if t.dims.len() >= 2 && n >= 1024 {
-                found.0 += n;
-                found.1 += n * width;
+                found.0 = found.0.saturating_add(n);
+                found.1 = found.1.saturating_add(n.saturating_mul(width));
             }
         }
         if found.0 > 0 {

@@ -89,6 +89,12 @@ impl Builder {
         self
     }
 
+    /// Any initializer, as given.
+    pub fn init_tensor(mut self, t: pb::TensorProto) -> Self {
+        self.graph.initializer.push(t);
+        self
+    }
+
     /// An initializer with seeded values scaled by `scale` and shifted by `shift`.
     pub fn random(mut self, name: &str, shape: &[usize], scale: f32, shift: f32) -> Self {
         let n = shape.iter().product();
