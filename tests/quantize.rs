@@ -406,7 +406,7 @@ fn bad_options_and_models_are_clear_errors() {
     let r = run(&[], &p);
     assert_eq!(r.code, 2);
     assert!(
-        r.stderr.contains(&format!("tensor `{name}`")) && r.stderr.contains("NaN"),
+        r.stderr.contains(&format!("`{name}`")) && r.stderr.contains("NaN"),
         "{}",
         r.stderr
     );
