@@ -6,10 +6,10 @@ use std::path::Path;
 use ndarray::{ArrayD, IxDyn};
 
 use super::{bad, Preprocess, Sample};
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 fn read_maybe_gz(path: &Path) -> Result<Vec<u8>> {
-    let raw = std::fs::read(path).map_err(|e| Error::io("read", path, e))?;
+    let raw = crate::onnx::io::read_regular(path)?;
     if raw.starts_with(&[0x1f, 0x8b]) {
         let mut out = Vec::new();
         flate2::read::GzDecoder::new(raw.as_slice())

@@ -18,7 +18,15 @@ pub fn load_image(
     model_hw: Option<(u32, u32)>,
 ) -> Result<ArrayD<f32>> {
     use image::imageops::{resize, FilterType};
-    let img = image::open(path).map_err(|e| bad(path, format!("cannot decode image: {e}")))?;
+    // A regular file only (a FIFO would block): the reader of `onnx::io`.
+    let file = crate::onnx::io::open_regular(path)?;
+    let mut reader = image::ImageReader::new(std::io::BufReader::new(file));
+    if let Ok(format) = image::ImageFormat::from_path(path) {
+        reader.set_format(format);
+    }
+    let img = reader
+        .decode()
+        .map_err(|e| bad(path, format!("cannot decode image: {e}")))?;
     let mut rgb = img.to_rgb8();
     if p.crop_first {
         rgb = center_crop(path, rgb, p.crop)?;
