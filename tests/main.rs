@@ -16,4 +16,5 @@ mod heads;
 mod ocr;
 mod quantize;
 mod roundtrip;
+mod security;
 mod validate;
