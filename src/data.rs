@@ -23,7 +23,7 @@ fn bad(path: &Path, reason: impl Into<String>) -> Error {
 /// Not an `.npy` file, an unsupported dtype, Fortran order, or a length that disagrees with
 /// the header's shape.
 pub fn read_npy(path: &Path) -> Result<ArrayD<f32>> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io("read", path, e))?;
+    let bytes = crate::onnx::io::read_regular(path)?;
     if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
         return Err(bad(path, "not a .npy file (missing \\x93NUMPY magic)"));
     }

@@ -41,6 +41,15 @@ pub enum Error {
         /// What is wrong.
         reason: String,
     },
+    /// A file isquant refuses to read or write as given: not a regular file (a directory,
+    /// FIFO, device or socket), so it would hang, never end or be replaced.
+    #[error("{}: {reason}", .path.display())]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// A node is malformed or refers to something that does not exist.
     #[error("node `{node}` ({op_type}): {reason}")]
     Node {

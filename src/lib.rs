@@ -61,10 +61,12 @@ impl LoadedModel {
 
 /// Writes `model` to `output` atomically (temporary file + rename), never over one of
 /// `protected` (see [`LoadedModel::source_files`]). With `external_data`, initializers of
-/// 1 kB or more go to `<output>.data` (done anyway past protobuf's 2 GiB limit).
+/// 1 kB or more go to a fresh `<output>.<random>.data` (done anyway past protobuf's 2 GiB
+/// limit); see [`onnx::io`] for how the pair is committed.
 ///
 /// # Errors
-/// `output` is protected; the directory is not writable; the model is too large.
+/// `output` is protected or not a regular file; the directory is not writable; the model is
+/// too large.
 pub fn save(
     model: &graph::Model,
     output: &Path,
@@ -80,14 +82,11 @@ pub fn save(
     onnx::io::write_model(&model.to_proto(), output, external, &protected)
 }
 
-/// The files [`save`] may write for `output`: the model and `<output>.data`.
+/// The files [`save`] may write for `output` that another path could name: the model. (Its
+/// external data file gets a fresh `<output>.<random>.data` name no other path names.)
 #[must_use]
 pub fn output_files(output: &Path) -> Vec<PathBuf> {
-    let mut v = vec![output.to_path_buf()];
-    if let Some(name) = output.file_name() {
-        v.push(output.with_file_name(format!("{}.data", name.to_string_lossy())));
-    }
-    v
+    vec![output.to_path_buf()]
 }
 
 /// Refuses `path` as the destination of a report or metrics file when it is one of `protected`

@@ -18,4 +18,5 @@ mod ocr;
 mod quantize;
 mod robustness;
 mod roundtrip;
+mod security;
 mod validate;

@@ -6,7 +6,8 @@ use std::time::Instant;
 
 use isquant::onnx::io::Written;
 
-use super::{describe_written, out};
+use super::{describe_written, model_files, out};
+use isquant::onnx::io::{check_files, NamedPath};
 
 #[derive(clap::Args, Debug)]
 pub(super) struct ConvertArgs {
@@ -15,8 +16,9 @@ pub(super) struct ConvertArgs {
     /// Where to write the model.
     #[arg(short, long)]
     output: PathBuf,
-    /// Put every initializer of 1 kB or more in `<output>.data` (done automatically when
-    /// the model would exceed protobuf's 2 GB limit).
+    /// Put every initializer of 1 kB or more in a fresh `<output>.<random>.data` (done
+    /// automatically when the model would exceed protobuf's 2 GB limit); the data file the
+    /// replaced output referenced is removed once the new model is in place.
     #[arg(long)]
     external_data: bool,
 }
@@ -31,9 +33,21 @@ fn save(loaded: &isquant::LoadedModel, args: &ConvertArgs) -> isquant::Result<Wr
     )
 }
 
+/// Loads the input after checking that `-o` is not one of the files it reads.
+fn load(args: &ConvertArgs) -> isquant::Result<isquant::LoadedModel> {
+    let outputs = [NamedPath::new("-o", &args.output)];
+    check_files(&model_files("the input model", &args.input, None), &outputs)?;
+    let loaded = isquant::load(&args.input)?;
+    check_files(
+        &model_files("the input model", &args.input, Some(&loaded)),
+        &outputs,
+    )?;
+    Ok(loaded)
+}
+
 pub(super) fn convert(args: &ConvertArgs) -> isquant::Result<ExitCode> {
     let start = Instant::now();
-    let loaded = isquant::load(&args.input)?;
+    let loaded = load(args)?;
     let written = save(&loaded, args)?;
     out!(
         "wrote {} in {:.2?}",
@@ -51,7 +65,7 @@ pub(super) fn convert(args: &ConvertArgs) -> isquant::Result<ExitCode> {
 
 pub(super) fn fold_bn(args: &ConvertArgs) -> isquant::Result<ExitCode> {
     let start = Instant::now();
-    let mut loaded = isquant::load(&args.input)?;
+    let mut loaded = load(args)?;
     let report = isquant::passes::fold_bn::fold_batch_norms(&mut loaded.model)?;
     let written = save(&loaded, args)?;
     out!(

@@ -1,6 +1,11 @@
 //! The command line: clap types and one file per subcommand. Each subcommand turns its flags
 //! into library calls and prints; the library does the work.
 //!
+//! Files: every command lists what it reads and writes ([`isquant::onnx::io::check_files`]) and
+//! refuses, before any work, an output that is an input (a model, its external data, a file of
+//! `--validate-inputs`/`--calibrate`/`inputs`, `--labels`) or another output (`-o`,
+//! `--report`, `--json`, the files of `--save-tensors`).
+//!
 //! Exit codes: 0 success; 1 validation below a threshold, or `check` found broken rules;
 //! 2 error (bad input, bad flags, I/O); 3 `quantize` wrote the model but its accuracy guard
 //! failed.
@@ -10,10 +15,11 @@ mod inspect;
 mod quantize;
 mod validate;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use isquant::onnx::io::NamedPath;
 
 /// `println!` that ends the process quietly when stdout is closed (`isquant … | head`).
 macro_rules! out {
@@ -72,7 +78,7 @@ enum Command {
     /// Load a model and write it back (checks that isquant reads it faithfully; moves weights
     /// to or from external data).
     #[command(
-        after_help = "Examples:\n  isquant convert in.onnx -o out.onnx\n  isquant convert in.onnx -o out.onnx --external-data   # weights to out.onnx.data"
+        after_help = "Examples:\n  isquant convert in.onnx -o out.onnx\n  isquant convert in.onnx -o out.onnx --external-data   # weights to out.onnx.<random>.data"
     )]
     Convert(convert::ConvertArgs),
     /// Fold BatchNormalization into the neighbouring Conv/ConvTranspose/Gemm/MatMul (the first
@@ -119,6 +125,37 @@ fn describe_written(output: &std::path::Path, w: &isquant::onnx::io::Written) ->
     }
     line.push(')');
     line
+}
+
+/// The files a model argument reads: the model and, once loaded, its external data files.
+fn model_files(flag: &str, path: &Path, loaded: Option<&isquant::LoadedModel>) -> Vec<NamedPath> {
+    let mut v = vec![NamedPath::new(flag, path)];
+    if let Some(l) = loaded {
+        v.extend(
+            l.source_files(path)
+                .into_iter()
+                .skip(1)
+                .map(|f| NamedPath::new(format!("external data of {flag}"), f)),
+        );
+    }
+    v
+}
+
+/// The files input paths (files or folders) make a command read, named by `flag`. A path that
+/// cannot be listed is kept as given (reading it reports the problem later).
+fn input_files(flag: &str, paths: &[PathBuf]) -> Vec<NamedPath> {
+    paths
+        .iter()
+        .flat_map(|p| {
+            let files = if p.is_dir() {
+                isquant::inputs::expand(std::slice::from_ref(p)).unwrap_or_default()
+            } else {
+                Vec::new()
+            };
+            std::iter::once(p.clone()).chain(files)
+        })
+        .map(|f| NamedPath::new(flag, f))
+        .collect()
 }
 
 /// The protected files of a run: the input model, its external data, and the output model

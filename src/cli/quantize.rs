@@ -16,7 +16,8 @@ use isquant::pipeline::{
 use isquant::squant::Rounding;
 
 use super::validate::{run_validation, InputArgs};
-use super::{describe_written, out, parse_sizes, protected};
+use super::{describe_written, input_files, model_files, out, parse_sizes, protected};
+use isquant::onnx::io::{check_files, NamedPath};
 
 pub(super) const EXAMPLES: &str = "\
 Examples:
@@ -157,7 +158,8 @@ pub(super) struct QuantizeArgs {
     /// Print every layer.
     #[arg(short, long)]
     verbose: bool,
-    /// Put every initializer of 1 kB or more in `<output>.data`.
+    /// Put every initializer of 1 kB or more in a fresh `<output>.<random>.data` (the data file
+    /// the replaced output referenced is removed once the new model is in place).
     #[arg(long)]
     external_data: bool,
 }
@@ -220,12 +222,21 @@ pub(super) fn run(args: QuantizeArgs) -> isquant::Result<ExitCode> {
     let start = Instant::now();
     let cfg = args.config()?;
     cfg.validate(args.calibrate.is_some())?;
+    // No output may be an input or another output: refused before any work (again once the
+    // model's external data files are known).
+    let files = |loaded: Option<&isquant::LoadedModel>| {
+        let mut inputs = model_files("the input model", &args.input, loaded);
+        inputs.extend(input_files("--validate-inputs", &args.validate_inputs));
+        inputs.extend(input_files("--calibrate", args.calibrate.as_slice()));
+        let mut outputs = vec![NamedPath::new("-o", &args.output)];
+        outputs.extend(args.report.iter().map(|p| NamedPath::new("--report", p)));
+        args.inputs.files(&mut inputs, &mut outputs);
+        check_files(&inputs, &outputs)
+    };
+    files(None)?;
     let loaded = isquant::load(&args.input)?;
-    // Report files may not land on the input or the output: refused before any work.
+    files(Some(&loaded))?;
     let keep = protected(&args.input, &loaded, Some(&args.output));
-    for path in args.report.iter().chain(&args.inputs.json) {
-        isquant::check_destination(path, &keep)?;
-    }
     let original = loaded.model.clone();
     let size_before = isquant::onnx::io::encode_model(&original.to_proto()).len();
     let calibration = match &args.calibrate {

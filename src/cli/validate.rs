@@ -7,10 +7,11 @@ use std::time::Instant;
 
 use isquant::graph::Model;
 use isquant::inputs::{InputSource, Layout, Preprocess, Preset};
-use isquant::validate::render::{render, save_tensors, source_label};
+use isquant::onnx::io::{check_files, NamedPath};
+use isquant::validate::render::{render, save_tensors, source_label, SAVED_TENSOR_FILES};
 use isquant::validate::{Thresholds, ValidateOptions};
 
-use super::out;
+use super::{input_files, model_files, out};
 
 pub(super) const EXAMPLES: &str = "\
 Examples:
@@ -175,6 +176,19 @@ impl InputArgs {
         })
     }
 
+    /// Adds the files these flags read (`--labels`) and write (`--json`, `--save-tensors`).
+    pub(super) fn files(&self, inputs: &mut Vec<NamedPath>, outputs: &mut Vec<NamedPath>) {
+        inputs.extend(self.labels.iter().map(|p| NamedPath::new("--labels", p)));
+        outputs.extend(self.json.iter().map(|p| NamedPath::new("--json", p)));
+        if let Some(dir) = &self.save_tensors {
+            outputs.extend(
+                SAVED_TENSOR_FILES
+                    .iter()
+                    .map(|f| NamedPath::new("--save-tensors", dir.join(f))),
+            );
+        }
+    }
+
     /// Where inputs come from, for the library's loader.
     pub(super) fn source<'a>(
         &'a self,
@@ -194,13 +208,22 @@ impl InputArgs {
 }
 
 pub(super) fn run(args: ValidateArgs) -> isquant::Result<ExitCode> {
+    // No output may be an input or another output: checked before reading the models, and
+    // again with their external data files.
+    let files = |float: Option<&isquant::LoadedModel>, int8: Option<&isquant::LoadedModel>| {
+        let mut inputs = model_files("the float model", &args.float, float);
+        inputs.extend(model_files("the int8 model", &args.int8, int8));
+        inputs.extend(input_files("an input", &args.inputs_paths));
+        let mut outputs = Vec::new();
+        args.inputs.files(&mut inputs, &mut outputs);
+        check_files(&inputs, &outputs)
+    };
+    files(None, None)?;
     let float = isquant::load(&args.float)?;
     let int8 = isquant::load(&args.int8)?;
+    files(Some(&float), Some(&int8))?;
     let mut keep = float.source_files(&args.float);
     keep.extend(int8.source_files(&args.int8));
-    if let Some(path) = &args.inputs.json {
-        isquant::check_destination(path, &keep)?;
-    }
     run_validation(
         &float.model,
         &int8.model,

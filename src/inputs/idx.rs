@@ -9,7 +9,7 @@ use super::{bad, Preprocess, Sample};
 use crate::error::{Error, Result};
 
 fn read_maybe_gz(path: &Path) -> Result<Vec<u8>> {
-    let raw = std::fs::read(path).map_err(|e| Error::io("read", path, e))?;
+    let raw = crate::onnx::io::read_regular(path)?;
     if raw.starts_with(&[0x1f, 0x8b]) {
         // A few kB of gzip can inflate to gigabytes: stop one byte past the budget.
         let limit = crate::limits::max_inflated_bytes();

@@ -18,11 +18,23 @@ pub fn load_image(
     model_hw: Option<(u32, u32)>,
 ) -> Result<ArrayD<f32>> {
     use image::imageops::{resize, FilterType};
-    // The header's size is checked before anything is decoded: a 241-byte PNG may declare
-    // 1×40000 pixels, and resizing it to a shorter side of 256 would ask for 7.9 GB.
-    let (hw, hh) = image::ImageReader::open(path)
-        .and_then(image::ImageReader::with_guessed_format)
-        .map_err(|e| bad(path, format!("cannot read image: {e}")))?
+    // A regular file only (a FIFO would block): the reader of `onnx::io`. The header's size
+    // is checked before anything is decoded: a 241-byte PNG may declare 1×40000 pixels, and
+    // resizing it to a shorter side of 256 would ask for 7.9 GB.
+    let reader = |path: &Path| -> Result<image::ImageReader<std::io::BufReader<std::fs::File>>> {
+        let file = crate::onnx::io::open_regular(path)?;
+        let mut reader = image::ImageReader::new(std::io::BufReader::new(file));
+        match image::ImageFormat::from_path(path) {
+            Ok(format) => reader.set_format(format),
+            Err(_) => {
+                reader = reader
+                    .with_guessed_format()
+                    .map_err(|e| bad(path, format!("cannot read image: {e}")))?;
+            }
+        }
+        Ok(reader)
+    };
+    let (hw, hh) = reader(path)?
         .into_dimensions()
         .map_err(|e| bad(path, format!("cannot decode image: {e}")))?;
     crate::limits::image(
@@ -30,7 +42,9 @@ pub fn load_image(
         u64::from(hw),
         u64::from(hh),
     )?;
-    let img = image::open(path).map_err(|e| bad(path, format!("cannot decode image: {e}")))?;
+    let img = reader(path)?
+        .decode()
+        .map_err(|e| bad(path, format!("cannot decode image: {e}")))?;
     let mut rgb = img.to_rgb8();
     if p.crop_first {
         rgb = center_crop(path, rgb, p.crop)?;

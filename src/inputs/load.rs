@@ -179,7 +179,13 @@ pub fn load_labels(path: &Path, samples: &[Sample]) -> Result<Vec<Option<usize>>
         let l = load_idx_labels(path)?;
         return Ok((0..samples.len()).map(|i| l.get(i).copied()).collect());
     }
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io("read", path, e))?;
+    let text = String::from_utf8(crate::onnx::io::read_regular(path)?).map_err(|e| {
+        Error::io(
+            "read",
+            path,
+            std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+        )
+    })?;
     let mut by_name = HashMap::new();
     let mut in_order = Vec::new();
     for (n, line) in text

@@ -192,6 +192,9 @@ fn render_layers(s: &mut String, v: &Validation) {
     }
 }
 
+/// The files [`save_tensors`] writes into its directory.
+pub const SAVED_TENSOR_FILES: [&str; 4] = ["inputs.npy", "float.npy", "int8.npy", "labels.txt"];
+
 /// Writes the preprocessed inputs and both models' first outputs as `.npy` (`inputs.npy`,
 /// `float.npy`, `int8.npy`) and `labels.txt` into `dir` (needs a validation run with
 /// `keep_outputs`).
