@@ -335,3 +335,50 @@ fn every_fixture_with_bn_folds_exactly() {
         }
     }
 }
+
+/// BN parameters made at run time by `ConstantOfShape` of a constant shape (exporters write
+/// all-ones scales and all-zeros means this way) are constants: every BN still folds, where
+/// it used to stay unfolded while `inspect` called it foldable.
+#[test]
+fn bn_parameters_from_constant_of_shape_fold() {
+    let mut m = crate::common::proto("fmnist-small-bn.onnx");
+    let before = bn_count(&m);
+    let g = m.graph.as_mut().unwrap();
+    let mut replaced = 0;
+    let bns: Vec<(String, String)> = g
+        .node
+        .iter()
+        .filter(|n| n.op_type() == "BatchNormalization")
+        .map(|n| (n.input[1].clone(), n.input[3].clone()))
+        .collect();
+    for (scale, mean) in bns {
+        for (name, value) in [(scale, 1.0f32), (mean, 0.0)] {
+            let k = g.initializer.iter().position(|t| t.name() == name).unwrap();
+            let channels = g.initializer[k].dims[0];
+            g.initializer.remove(k);
+            let shape = format!("{name}_shape");
+            g.initializer
+                .push(crate::common::build::i64s(&shape, &[channels]));
+            let mut node = pb::NodeProto {
+                op_type: Some("ConstantOfShape".into()),
+                name: Some(format!("{name}_fill")),
+                input: vec![shape],
+                output: vec![name.clone()],
+                ..Default::default()
+            };
+            node.attribute.push(pb::AttributeProto {
+                name: Some("value".into()),
+                r#type: Some(pb::attribute_proto::AttributeType::Tensor as i32),
+                t: Some(isquant::onnx::tensor::from_f32(
+                    "value",
+                    ndarray::arr1(&[value]).into_dyn(),
+                )),
+                ..Default::default()
+            });
+            g.node.insert(0, node);
+            replaced += 1;
+        }
+    }
+    assert!(replaced >= 2);
+    check_exact(m, &[1, 1, 28, 28], before);
+}

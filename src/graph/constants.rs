@@ -26,8 +26,8 @@ pub enum ConstantSource {
 
 impl Graph {
     /// Resolves a value to a constant tensor: an initializer, or the value of a `Constant`
-    /// node (attribute `value`, `value_float(s)` or `value_int(s)`), looking through `Identity`
-    /// nodes of constants. Returns `Ok(None)` for values computed at run time.
+    /// node (attribute `value`, `value_float(s)` or `value_int(s)`) or of a `ConstantOfShape`
+    /// of a constant shape, looking through `Identity` and constant `Reshape` nodes. Returns `Ok(None)` for values computed at run time.
     ///
     /// # Errors
     /// A `Constant` node whose attributes are malformed.
@@ -83,6 +83,15 @@ impl Graph {
                         continue;
                     }
                 }
+            } else if node.is("ConstantOfShape") {
+                // Exporters make BN scales and biases of ones or zeros this way.
+                match node.input(0) {
+                    Some(s) => vec![s],
+                    None => {
+                        memo.insert(v, None);
+                        continue;
+                    }
+                }
             } else if node.is("Constant") {
                 let t = constant_node_value(node, v)?;
                 memo.insert(v, Some((t, ConstantSource::ConstantNode(i))));
@@ -111,6 +120,13 @@ impl Graph {
             let got = |d: &str| memo.get(d).cloned().flatten();
             let r = if node.is("Identity") {
                 deps.first().and_then(|d| got(d))
+            } else if node.is("ConstantOfShape") {
+                match got(deps[0]) {
+                    Some((s, _)) => {
+                        filled(node, &s, v)?.map(|t| (t, ConstantSource::ConstantNode(i)))
+                    }
+                    None => None,
+                }
             } else {
                 match (got(deps[0]), got(deps[1])) {
                     (Some((d, src)), Some((s, _))) => reshaped(node, &d, &s)?.map(|t| (t, src)),
@@ -210,6 +226,31 @@ fn reshaped(
     out.name = Some(name);
     out.dims = dims.iter().map(|&d| d as i64).collect();
     Ok(Some(out))
+}
+
+/// `ConstantOfShape(shape)`: a FLOAT tensor of `shape` filled with the node's `value` (one
+/// element; 0.0 when absent). `None` for other element types. The element count is checked
+/// against [`crate::limits`] before the tensor is made.
+fn filled(node: &Node, shape: &pb::TensorProto, name: &str) -> Result<Option<pb::TensorProto>> {
+    use crate::onnx::tensor::{from_array, TensorData};
+    let Some(dims) = tensor::to_array(shape)?.to_i64() else {
+        return Ok(None);
+    };
+    let dims: Vec<usize> = dims
+        .iter()
+        .map(|&d| usize::try_from(d))
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|_| node.error(format!("negative dimension in shape {dims:?}")))?;
+    let value = match attrs::tensor(&node.attributes, "value").map_err(|e| node.error(e))? {
+        None => 0.0,
+        Some(t) => match tensor::to_array(t)? {
+            TensorData::F32(a) if a.len() == 1 => a.iter().copied().next().unwrap_or(0.0),
+            _ => return Ok(None),
+        },
+    };
+    crate::limits::elements(&format!("ConstantOfShape `{name}`"), 1, &dims)?;
+    let a = ndarray::ArrayD::from_elem(ndarray::IxDyn(&dims), value);
+    Ok(Some(from_array(name, &TensorData::F32(a))))
 }
 
 /// The tensor a `Constant` node produces, from whichever attribute holds it.
