@@ -4,7 +4,8 @@
 //! `cargo bench --bench fuzz` runs 100,000 byte-level cases (`ISQUANT_FUZZ_CASES` to change)
 //! and then 10,000 structured mutants through `quantize` end to end, tract included
 //! (`ISQUANT_FUZZ_QUANTIZE` to change; 0 skips it). Prints the totals, the slowest quantize
-//! case and the process's peak memory (VmHWM); exits 1 on any panic.
+//! case and the process's peak memory (VmHWM); exits 1 on any panic. `ISQUANT_FUZZ_PROGRESS=1`
+//! prints the count every 256 quantize cases.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 

@@ -379,6 +379,12 @@ pub fn run_quantize(seeds: &[Vec<u8>], n: usize, seed: u64) -> QuantizeCounts {
                 (*i, t.elapsed(), r)
             })
             .collect();
+        if std::env::var_os("ISQUANT_FUZZ_PROGRESS").is_some() {
+            eprintln!(
+                "fuzz quantize: {start} of {n} cases, {} panics so far",
+                c.panics
+            );
+        }
         for (i, took, r) in results {
             c.cases += 1;
             c.slowest = c.slowest.max(took);
