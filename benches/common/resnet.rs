@@ -120,6 +120,18 @@ pub fn build(with_bn: bool) -> pb::ModelProto {
         .unwrap();
     params += fc.len();
     g.initializer.push(tensor::from_f32("fc.weight", fc));
+    // Gemm takes a matrix: pool and flatten first (the load-time validation refuses a rank-4
+    // Gemm input, as onnx.checker and ONNX Runtime do).
+    for (op, out) in [("GlobalAveragePool", "pool.out"), ("Flatten", "flat.out")] {
+        g.node.push(pb::NodeProto {
+            input: vec![prev],
+            output: vec![out.into()],
+            name: Some(out.trim_end_matches(".out").into()),
+            op_type: Some(op.into()),
+            ..Default::default()
+        });
+        prev = out.into();
+    }
     g.node.push(pb::NodeProto {
         input: vec![prev, "fc.weight".into()],
         output: vec!["y".into()],
