@@ -11,7 +11,10 @@
 //! - Conv, ConvTranspose and the pools: `kernel_shape` / `strides` / `dilations` have one
 //!   value per spatial dimension and `pads` two, where the number of spatial dimensions is
 //!   taken from the constant weight (rank − 2), `kernel_shape`, or the declared input rank;
-//!   strides, dilations and kernel sizes ≥ 1, pads ≥ 0, `group` ≥ 1 and dividing the
+//!   strides, dilations and kernel sizes ≥ 1, pads ≥ 0, every one of them at most
+//!   [`MAX_WINDOW`] (tract's optimizer works out a window's border regions position by
+//!   position: a fuzzed MaxPool with pads and kernel near 2^31 kept it busy for an hour),
+//!   pools' pads smaller than their kernel (ONNX Runtime's rule), `group` ≥ 1 and dividing the
 //!   weight's output (Conv) or input (ConvTranspose) channels, and the declared input
 //!   channels equal to `weight channels × group`; a constant weight has rank ≥ 3, a
 //!   constant bias is one value per output channel;
@@ -223,6 +226,10 @@ fn ints(n: &Node, name: &str) -> Result<Option<Vec<i64>>> {
     n.attr_ints(name)
 }
 
+/// The largest kernel size, stride, dilation or pad accepted. Real networks stay in the tens
+/// (a global pool written as AveragePool over a 160×160 map is 160).
+pub const MAX_WINDOW: i64 = 4096;
+
 /// Checks `kernel_shape`, `strides`, `dilations` and `pads` against `spatial` dimensions.
 fn check_window(n: &Node, spatial: usize) -> Result<()> {
     for (attr, len, lowest) in [
@@ -245,6 +252,11 @@ fn check_window(n: &Node, spatial: usize) -> Result<()> {
         if let Some(bad) = v.iter().find(|&&x| x < lowest) {
             return Err(n.error(format!(
                 "attribute `{attr}` holds {bad}; every value must be ≥ {lowest}"
+            )));
+        }
+        if let Some(bad) = v.iter().find(|&&x| x > MAX_WINDOW) {
+            return Err(n.error(format!(
+                "attribute `{attr}` holds {bad}; isquant accepts at most {MAX_WINDOW}"
             )));
         }
     }
@@ -350,6 +362,16 @@ fn check_pool(n: &Node, shapes: &Shapes<'_>) -> Result<()> {
         return Err(n.error("attribute `kernel_shape` is empty"));
     }
     check_window(n, k.len())?;
+    if let Some(p) = ints(n, "pads")? {
+        let s = k.len();
+        if let Some(i) = (0..2 * s).find(|&i| p.get(i).is_some_and(|&v| v >= k[i % s])) {
+            return Err(n.error(format!(
+                "attribute `pads` holds {} for a kernel of {}: a pool's pads must be smaller than its kernel",
+                p[i],
+                k[i % s]
+            )));
+        }
+    }
     check_min_rank(n, shapes, 0, 3)?;
     let x_name = n.input(0).unwrap_or("");
     if let Some(r) = shapes.rank(x_name) {
@@ -706,6 +728,23 @@ mod tests {
             &[1, 3, 8, 8],
         ));
         assert!(e.contains("`strides` has 1 value(s)"), "{e}");
+        // The fuzzer's hang: tract's optimizer spun for an hour on pads and kernels near 2^31.
+        let e = err(&pool(
+            vec![
+                make_ints("kernel_shape", &[2, 2]),
+                make_ints("pads", &[0, 0, 2_147_483_647, 0]),
+            ],
+            &[1, 3, 8, 8],
+        ));
+        assert!(e.contains("at most 4096"), "{e}");
+        let e = err(&pool(
+            vec![
+                make_ints("kernel_shape", &[2, 2]),
+                make_ints("pads", &[0, 0, 2, 0]),
+            ],
+            &[1, 3, 8, 8],
+        ));
+        assert!(e.contains("smaller than its kernel"), "{e}");
         let flat = |axis| {
             model(
                 13,
