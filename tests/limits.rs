@@ -141,3 +141,36 @@ fn a_scale_that_zeroes_most_weights_is_a_warning() {
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert!(!r.stdout.contains("warning"), "{}", r.stdout);
 }
+
+/// A model declaring a fixed batch of 30,000 made the noise pass run 30,000 images at once:
+/// within the input budget, but tract's activations took 3 GB (found by the quantize fuzzer).
+#[test]
+fn a_huge_fixed_batch_asks_for_input_shape() {
+    use isquant::onnx::pb;
+    let dir = tempfile::tempdir().unwrap();
+    let mut m = crate::common::proto("fmnist-small-bn.onnx");
+    let input = &mut m.graph.as_mut().unwrap().input[0];
+    if let Some(pb::type_proto::Value::TensorType(t)) =
+        input.r#type.as_mut().and_then(|t| t.value.as_mut())
+    {
+        t.shape.as_mut().unwrap().dim[0].value =
+            Some(pb::tensor_shape_proto::dimension::Value::DimValue(30_000));
+    }
+    let p = crate::common::write_proto(dir.path(), "batch.onnx", &m);
+    let out = dir.path().join("q.onnx");
+    let r = isquant(&[
+        "quantize",
+        p.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--act-ranges",
+        "noise",
+    ]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("declares a batch of 30000"),
+        "{}",
+        r.stderr
+    );
+    assert!(r.stderr.contains("--input-shape 8,1,28,28"), "{}", r.stderr);
+}

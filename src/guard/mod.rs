@@ -338,6 +338,16 @@ pub fn quantize(
         .per_family
         .unwrap_or_else(|| per_family(sample_shape.iter().product()));
     let batch = shape.first().copied().flatten().unwrap_or(n);
+    if batch > pipeline::forward::MAX_FIXED_BATCH {
+        return Ok((
+            model,
+            report,
+            Some(not_run(
+                format!("the model input declares a batch of {batch}: give --input-shape with a smaller one"),
+                opts.mode,
+            )),
+        ));
+    }
     if let Err(e) = crate::limits::elements(
         &format!("the guard's {} inputs of shape {sample_shape:?}", 3 * n),
         3 * n,

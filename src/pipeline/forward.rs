@@ -59,6 +59,9 @@ fn shape_hint(shape: &[Option<usize>]) -> String {
     }
 }
 
+/// The largest fixed batch a forward pass runs as declared.
+pub const MAX_FIXED_BATCH: usize = 256;
+
 /// Inputs for a forward pass: `count` samples of the model's input shape, in batches of
 /// `chunk` where the batch dimension is open, else runs of the fixed batch. Values from
 /// `fill(shape, batch index)`.
@@ -75,6 +78,18 @@ pub fn forward_batches(
     let shape = forward_shape(model, input_shape)?;
     let fixed_batch = shape[0];
     let rest: Vec<usize> = shape.iter().skip(1).map(|d| d.unwrap_or(1)).collect();
+    // A fixed batch runs whole: a model declaring a batch of 30,000 made the pass run 30,000
+    // images at once, and tract's activations for them took 3 GB although the inputs were
+    // within the element budget (found by the quantize fuzzer). Past a few hundred, ask for a
+    // smaller batch instead.
+    if let Some(b) = fixed_batch.filter(|&b| b > MAX_FIXED_BATCH) {
+        let mut hint = vec![count.min(8).to_string()];
+        hint.extend(rest.iter().map(ToString::to_string));
+        return Err(Error::Config(format!(
+            "the model input declares a batch of {b}: the forward pass would run {b} inputs at once (at most {MAX_FIXED_BATCH}); give --input-shape {}",
+            hint.join(",")
+        )));
+    }
     // Every batch is kept until the statistics are taken: the whole set must fit the budget.
     let total = match fixed_batch {
         Some(b) => count.div_ceil(b.max(1)).saturating_mul(b.max(1)),
