@@ -190,6 +190,7 @@ pub enum Outputs<'a> {
 /// With [`Outputs::Only`], a value the graph does not compute (a graph input or node output).
 pub fn encode_with_outputs(model: &Model, outputs: Outputs<'_>) -> Result<Vec<u8>> {
     let mut m = model.clone();
+    grouped_conv_integer_in_f32(&mut m);
     let info = |v: &String| crate::onnx::pb::ValueInfoProto {
         name: Some(v.clone()),
         ..Default::default()
@@ -213,4 +214,184 @@ pub fn encode_with_outputs(model: &Model, outputs: Outputs<'_>) -> Result<Vec<u8
         }
     }
     Ok(crate::onnx::io::encode_model(&m.to_proto()))
+}
+
+/// The largest integer below which every f32 sum of integers is exact (2^24).
+const F32_EXACT: f64 = 16_777_216.0;
+
+/// Rewrites each grouped `ConvInteger` (depthwise and other `group > 1` convolutions) whose
+/// arithmetic is exact in f32 as `Cast(x → float) → Conv → Cast(→ int32)`, for tract only.
+///
+/// **Why.** tract 0.23.9 runs a quantized convolution through im2col and one matrix product
+/// per group, whatever the group count; for a depthwise layer that is one product per
+/// channel, and MobileNetV2's int8 model ran 3–4× slower than its float model in tract
+/// (a single 96-channel depthwise layer at 112×112: 36 ms as `ConvInteger`, 1.7 ms as float
+/// `Conv`; docs/benchmarks.md). Its float depthwise kernel has no such cost.
+///
+/// **Exact.** The inputs are integers (uint8 or int8, zero points absent or 0) and so are the
+/// weights; every product and every partial sum of output channel `o` is an integer of
+/// magnitude at most `x_max · Σ_k |w_ok|`. When that bound is below 2^24 for every channel,
+/// every f32 operation on the way is exact, in any summation order, and the result converted
+/// to int32 is the `ConvInteger` result bit for bit. Layers over the bound are left alone.
+/// The written model is not changed: this runs on the copy handed to tract.
+fn grouped_conv_integer_in_f32(model: &mut Model) -> usize {
+    use crate::graph::Node;
+    use crate::onnx::attrs;
+    use crate::onnx::pb::tensor_proto::DataType;
+    use crate::onnx::tensor::{from_array, to_array, TensorData};
+
+    let zero_or_absent = |g: &crate::graph::Graph, name: Option<&str>| match name {
+        None | Some("") => true,
+        Some(n) => g
+            .initializer(n)
+            .and_then(|t| to_array(t).ok())
+            .and_then(|d| d.to_i64())
+            .is_some_and(|v| v.iter().all(|&z| z == 0)),
+    };
+    let mut taken = model.graph.taken_names();
+    let mut fresh = |base: &str| {
+        let mut k = 0usize;
+        loop {
+            let name = if k == 0 {
+                format!("{base}_f32")
+            } else {
+                format!("{base}_f32_{k}")
+            };
+            if taken.insert(name.clone()) {
+                return name;
+            }
+            k += 1;
+        }
+    };
+    let mut k = 0;
+    let mut rewritten = 0;
+    while k < model.graph.nodes.len() {
+        let node = &model.graph.nodes[k];
+        let grouped = node.is("ConvInteger") && node.group().is_ok_and(|g| g > 1);
+        let (Some(x), Some(w), Some(y)) = (node.input(0), node.input(1), node.outputs.first())
+        else {
+            k += 1;
+            continue;
+        };
+        if !grouped
+            || !zero_or_absent(&model.graph, node.input(2))
+            || !zero_or_absent(&model.graph, node.input(3))
+        {
+            k += 1;
+            continue;
+        }
+        let weights = model.graph.initializer(w).and_then(|t| to_array(t).ok());
+        let Some(TensorData::I8(wq)) = weights else {
+            k += 1;
+            continue;
+        };
+        // x_max: 255 for uint8 inputs, 128 for int8; the type is not known here, so the larger.
+        let x_max = 255.0f64;
+        let channels = wq.shape().first().copied().unwrap_or(0);
+        let per_channel = wq.len() / channels.max(1);
+        let bound = wq
+            .as_slice()
+            .map(|v| {
+                v.chunks(per_channel.max(1))
+                    .map(|c| c.iter().map(|&q| f64::from(q).abs()).sum::<f64>())
+                    .fold(0.0f64, f64::max)
+            })
+            .unwrap_or(f64::INFINITY);
+        if x_max * bound >= F32_EXACT {
+            k += 1;
+            continue;
+        }
+        let (x, w, y) = (x.to_string(), w.to_string(), y.clone());
+        let attributes = node.attributes.clone();
+        let name = node.name.clone();
+        let w_f = fresh(&w);
+        let x_f = fresh(&format!("{y}_x"));
+        let y_f = fresh(&y);
+        model
+            .graph
+            .set_initializer(from_array(&w_f, &TensorData::F32(wq.mapv(f32::from))));
+        let cast_in = Node::new(
+            "Cast",
+            fresh(&format!("{name}_cast_in")),
+            vec![x],
+            vec![x_f.clone()],
+        )
+        .with_attr(attrs::make_int("to", DataType::Float as i64));
+        let mut conv = Node::new("Conv", fresh(&name), vec![x_f, w_f], vec![y_f.clone()]);
+        conv.attributes = attributes;
+        let cast_out = Node::new(
+            "Cast",
+            fresh(&format!("{name}_cast_out")),
+            vec![y_f],
+            vec![y],
+        )
+        .with_attr(attrs::make_int("to", DataType::Int32 as i64));
+        model.graph.nodes.remove(k);
+        model.graph.insert_nodes(k, vec![cast_in, conv, cast_out]);
+        k += 3;
+        rewritten += 1;
+    }
+    rewritten
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::{grouped_conv_integer_in_f32, Source, TractModel};
+    use crate::pipeline::{self, QuantizeConfig};
+
+    /// The f32 form of grouped ConvInteger gives tract's int8 results bit for bit, on a real
+    /// model with depthwise layers (PP-LCNet text-line classifier) and on its inner values.
+    #[test]
+    fn grouped_conv_integer_in_f32_is_bit_exact() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("fixtures/ppocr-textline-cls.onnx");
+        let mut model = crate::load(&path).unwrap().model;
+        let cfg = QuantizeConfig {
+            input_shape: Some(vec![1, 3, 48, 192]),
+            ..QuantizeConfig::default()
+        };
+        pipeline::quantize(&mut model, &cfg, None, &mut |_| {}).unwrap();
+        // Every ConvInteger output becomes a graph output, so each layer is compared.
+        let mut probe = model.clone();
+        let acc: Vec<String> = probe
+            .graph
+            .nodes
+            .iter()
+            .filter(|n| n.is("ConvInteger"))
+            .filter_map(|n| n.outputs.first().cloned())
+            .collect();
+        probe
+            .graph
+            .outputs
+            .extend(acc.iter().map(|v| crate::onnx::pb::ValueInfoProto {
+                name: Some(v.clone()),
+                ..Default::default()
+            }));
+        let plain = crate::onnx::io::encode_model(&probe.to_proto());
+        let mut rewritten_model = probe.clone();
+        let n = grouped_conv_integer_in_f32(&mut rewritten_model);
+        assert!(n >= 5, "only {n} grouped ConvInteger rewritten");
+        let rewritten = crate::onnx::io::encode_model(&rewritten_model.to_proto());
+        let shape = vec![2, 3, 48, 192];
+        let a = TractModel::load(Source::Bytes(&plain), std::slice::from_ref(&shape)).unwrap();
+        let b = TractModel::load(Source::Bytes(&rewritten), std::slice::from_ref(&shape)).unwrap();
+        for seed in 0..3 {
+            let x = crate::rng::seeded_normal(&shape, seed);
+            let (ya, yb) = (
+                a.run(std::slice::from_ref(&x)).unwrap(),
+                b.run(std::slice::from_ref(&x)).unwrap(),
+            );
+            assert_eq!(ya.len(), yb.len());
+            for (u, v) in ya.iter().zip(&yb) {
+                assert_eq!(u.shape(), v.shape());
+                assert!(
+                    u.iter()
+                        .zip(v.iter())
+                        .all(|(p, q)| p.to_bits() == q.to_bits()),
+                    "outputs differ"
+                );
+            }
+        }
+    }
 }

@@ -634,26 +634,21 @@ fn measure(
     let fm = with_outputs(float, &values);
     let qm = with_outputs(int8, &values);
     let mut per_family: Vec<Vec<(String, f64)>> = vec![Vec::new(); values.len()];
-    // The families run side by side (each is one batch for small models, which would leave a
-    // core idle); results are merged in family order, so they do not depend on the threads.
-    use rayon::prelude::*;
-    let runs = families
-        .par_iter()
-        .map(|(_, samples)| {
-            validate::validate(
-                &fm,
-                &qm,
-                samples,
-                &ValidateOptions {
-                    synthetic: true,
-                    batch,
-                    per_layer: false,
-                    keep_outputs: false,
-                },
-                &|_, _| {},
-            )
-        })
-        .collect::<Result<Vec<_>>>()?;
+    // One validation over every family: each model is loaded once, the families' batches run
+    // side by side, and results come back per family in family order.
+    let groups: Vec<&[Sample]> = families.iter().map(|(_, s)| s.as_slice()).collect();
+    let runs = validate::validate_groups(
+        &fm,
+        &qm,
+        &groups,
+        &ValidateOptions {
+            synthetic: true,
+            batch,
+            per_layer: false,
+            keep_outputs: false,
+        },
+        &|_, _| {},
+    )?;
     for ((name, _), v) in families.iter().zip(runs) {
         for (k, o) in v.outputs.iter().enumerate() {
             if let Some(slot) = per_family.get_mut(k) {

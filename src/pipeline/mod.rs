@@ -88,12 +88,13 @@ pub fn quantize(
     let bn_means = bias::bn_input_means(model, chosen, &sources.bn, &fold.stats, cfg)?;
     let weights = weights::quantize(model, chosen, &integer, &bn_means, cfg)?;
     let squant = timings.add("squant", t);
-    let observed = activations::observe(model, chosen, &mut sources, cfg, calibration, progress)?;
-    let bias_corrected = bias::correct(model, chosen, &weights, &bn_means, &observed, cfg)?;
+    let pass = activations::observe(model, chosen, &mut sources, cfg, calibration, progress)?;
+    let observed = &pass.observed;
+    let bias_corrected = bias::correct(model, chosen, &weights, &bn_means, observed, cfg)?;
     timings.add_duration("ranges", t_ranges.elapsed().saturating_sub(squant));
 
     let (plans, mut layers) =
-        activations::plan(model, chosen, weights.quantized, &sources, &observed, cfg);
+        activations::plan(model, chosen, weights.quantized, &sources, observed, cfg);
 
     progress("emit");
     let t = Instant::now();
@@ -119,6 +120,12 @@ pub fn quantize(
         equalized: equalized.report,
         equalize_note: equalized.note,
         warnings,
+        forward_pass: (pass.inputs > 0).then(|| report::ForwardPass {
+            inputs: pass.inputs,
+            offered: pass.offered,
+            settled: pass.settled,
+            range_change: pass.last_change.map(|c| c.0),
+        }),
         timings_ms: timings.0,
     })
 }

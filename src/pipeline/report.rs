@@ -109,10 +109,27 @@ pub struct QuantizeReport {
     /// How `--equalize auto` chose the scale rule, when it overrode `--equalize-by`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub equalize_note: Option<String>,
+    /// The forward pass on noise or calibration inputs, when one ran.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub forward_pass: Option<ForwardPass>,
     /// Stage → milliseconds.
     pub timings_ms: Vec<(String, f64)>,
     /// What the user should look at although the model was written (see [`warnings`]).
     pub warnings: Vec<String>,
+}
+
+/// How many inputs the forward pass ran.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ForwardPass {
+    /// Inputs run.
+    pub inputs: usize,
+    /// Inputs it would have run at most (`--noise-batch`, or the calibration set).
+    pub offered: usize,
+    /// It stopped early: the ranges and channel means had settled.
+    pub settled: bool,
+    /// At its last checkpoint: the RMS relative change of the ranges over the last 8 inputs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub range_change: Option<f64>,
 }
 
 fn is_zero(v: &u64) -> bool {
@@ -338,6 +355,15 @@ impl QuantizeReport {
             self.config.act_bits,
             rules.join(", ")
         );
+        if let Some(p) = self.forward_pass.as_ref().filter(|p| p.settled) {
+            let _ = writeln!(
+                s,
+                "           forward pass: {} of {} inputs (the ranges settled: {:.1} % RMS change over the last 8)",
+                p.inputs,
+                p.offered,
+                100.0 * p.range_change.unwrap_or(0.0)
+            );
+        }
         for l in self.layers.iter().filter(|l| l.mode == "weight-only") {
             if let Some(why) = &l.float_input_reason {
                 let _ = writeln!(

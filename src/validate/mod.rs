@@ -117,6 +117,24 @@ pub fn validate(
     opts: &ValidateOptions,
     progress: &(dyn Fn(usize, usize) + Sync),
 ) -> Result<Validation> {
+    let mut v = validate_groups(float, int8, &[samples], opts, progress)?;
+    v.pop()
+        .ok_or_else(|| Error::Config("no inputs to validate on".into()))
+}
+
+/// [`validate`] for several groups of samples at once, one [`Validation`] per group: each
+/// model is loaded and optimized once per batch length, and the batches of every group run
+/// side by side (the guard's three input families).
+///
+/// # Errors
+/// As [`validate`]; an empty group is an error.
+pub fn validate_groups(
+    float: &Model,
+    int8: &Model,
+    groups: &[&[Sample]],
+    opts: &ValidateOptions,
+    progress: &(dyn Fn(usize, usize) + Sync),
+) -> Result<Vec<Validation>> {
     let ValidateOptions {
         synthetic,
         batch,
@@ -178,40 +196,34 @@ pub fn validate(
     let fb = encode_with_outputs(float, Outputs::Append(&extra))?;
     let qb = encode_with_outputs(int8, Outputs::Append(&extra))?;
     let batch = batch.max(1);
-    let chunks: Vec<&[Sample]> = samples.chunks(batch).collect();
-    let Some(first) = chunks.first() else {
+    if groups.iter().any(|g| g.is_empty()) || groups.is_empty() {
         return Err(Error::Config("no inputs to validate on".into()));
-    };
-    let refs: Vec<&Sample> = first.iter().collect();
-    let shape = stack(&refs)?.shape().to_vec();
-    let fm = TractModel::load(Source::Bytes(&fb), std::slice::from_ref(&shape))?;
-    let qm = TractModel::load(Source::Bytes(&qb), std::slice::from_ref(&shape))?;
-    // A short last batch needs its own plans.
-    let last_len = chunks.last().map_or(0, |c| c.len());
-    let tail_models = if last_len != first.len() {
-        let mut s = shape.clone();
-        s[0] = last_len;
-        Some((
-            TractModel::load(Source::Bytes(&fb), std::slice::from_ref(&s))?,
-            TractModel::load(Source::Bytes(&qb), std::slice::from_ref(&s))?,
-        ))
-    } else {
-        None
-    };
-    let done = std::sync::atomic::AtomicUsize::new(0);
-    struct Partial {
-        kept: Option<(ArrayD<f32>, ArrayD<f32>)>,
-        outputs: Vec<(Sums, Vec<usize>)>,
-        kinds: Vec<outputs::Partial>,
-        rows: Vec<Vec<(Vec<usize>, Vec<usize>)>>,
-        layers: Vec<(Sums, ChannelFit)>,
     }
-    let run_batch = |(k, chunk): (usize, &&[Sample])| -> Result<Partial> {
+    // (group, batch) in group order.
+    let chunks: Vec<(usize, &[Sample])> = groups
+        .iter()
+        .enumerate()
+        .flat_map(|(g, samples)| samples.chunks(batch).map(move |c| (g, c)))
+        .collect();
+    // One pair of plans per batch length (a short last batch needs its own), the first
+    // batch's length first.
+    let mut plans: Vec<(usize, TractModel, TractModel)> = Vec::new();
+    for (_, chunk) in &chunks {
+        if plans.iter().any(|(n, _, _)| *n == chunk.len()) {
+            continue;
+        }
+        let refs: Vec<&Sample> = chunk.iter().collect();
+        let shape = stack(&refs)?.shape().to_vec();
+        let fm = TractModel::load(Source::Bytes(&fb), std::slice::from_ref(&shape))?;
+        let qm = TractModel::load(Source::Bytes(&qb), std::slice::from_ref(&shape))?;
+        plans.push((chunk.len(), fm, qm));
+    }
+    let done = std::sync::atomic::AtomicUsize::new(0);
+    let run_batch = |(_, chunk): &(usize, &[Sample])| -> Result<Partial> {
         let refs: Vec<&Sample> = chunk.iter().collect();
         let x = stack(&refs)?;
-        let (f, q) = match (&tail_models, k + 1 == chunks.len()) {
-            (Some((tf, tq)), true) => (tf, tq),
-            _ => (&fm, &qm),
+        let Some((_, f, q)) = plans.iter().find(|(n, _, _)| *n == chunk.len()) else {
+            return Err(Error::Config("no plan for a batch length".into()));
         };
         let a = f.run(std::slice::from_ref(&x))?;
         let b = q.run(std::slice::from_ref(&x))?;
@@ -268,105 +280,160 @@ pub fn validate(
     // tract 0.23.9's AMX int8 kernel crashes (SIGSEGV) off the main thread when layer
     // outputs are extra model outputs, so per-layer runs stay on the calling thread.
     let partials: Vec<Partial> = if per_layer {
-        chunks
-            .iter()
-            .enumerate()
-            .map(run_batch)
-            .collect::<Result<Vec<_>>>()?
+        chunks.iter().map(run_batch).collect::<Result<Vec<_>>>()?
     } else {
         chunks
             .par_iter()
-            .enumerate()
             .map(run_batch)
             .collect::<Result<Vec<_>>>()?
     };
-    // Merge in batch order (deterministic whatever the thread count).
-    let labels: Vec<Option<usize>> = samples.iter().map(|s| s.label).collect();
-    let labeled = labels.iter().filter(|l| l.is_some()).count();
-    let mut outputs = Vec::new();
-    for o in 0..n_out {
-        let mut sums = Sums::default();
-        let mut kind = outputs::Partial::default();
-        let mut shape = Vec::new();
-        let mut all_rows: Vec<&(Vec<usize>, Vec<usize>)> = Vec::new();
-        for p in &partials {
-            if let Some((s, sh)) = p.outputs.get(o) {
-                sums.merge(s);
-                shape.clone_from(sh);
-            }
-            if let Some(k) = p.kinds.get(o) {
-                kind.merge(k);
-            }
-            if let Some(r) = p.rows.get(o) {
-                all_rows.extend(r.iter());
-            }
-        }
-        let (mut top1, mut top5, mut acc_f, mut acc_q, mut n_lab) =
-            (0usize, 0usize, 0usize, 0usize, 0usize);
-        let classes = if shape.len() == 2 { shape[1] } else { 0 };
-        for (row, (fa, qb)) in all_rows.iter().enumerate() {
-            let (fa, qb) = (fa, qb);
-            let f1 = fa.first().copied();
-            let q1 = qb.first().copied();
-            if f1 == q1 {
-                top1 += 1;
-            }
-            if q1.is_some_and(|q| fa.contains(&q)) {
-                top5 += 1;
-            }
-            if let Some(Some(l)) = labels.get(row) {
-                if *l >= classes {
-                    return Err(Error::Config(format!(
-                        "label {l} of input `{}` is out of range for {classes} classes",
-                        samples.get(row).map_or("?", |s| s.name.as_str())
-                    )));
-                }
-                n_lab += 1;
-                acc_f += usize::from(f1 == Some(*l));
-                acc_q += usize::from(q1 == Some(*l));
-            }
-        }
-        let rows = all_rows.len();
-        let frac = |k: usize, n: usize| (n > 0).then(|| k as f64 / n as f64);
-        outputs.push(OutputMetrics {
-            name: int8
-                .graph
-                .outputs
-                .get(o)
-                .and_then(|v| v.name.clone())
-                .unwrap_or_default(),
-            shape,
-            sqnr_db: sums.sqnr_db(),
-            cosine: sums.cosine(),
-            max_abs_error: sums.max_abs(),
-            top1_agreement: frac(top1, rows),
-            top5_agreement: if classes >= 5 { frac(top5, rows) } else { None },
-            float_accuracy: frac(acc_f, n_lab),
-            int8_accuracy: frac(acc_q, n_lab),
-            details: kind.metrics(),
-        });
-    }
-    let layers = layers::metrics(int8, &probes, &extra, |k| {
-        let mut s = Sums::default();
-        let mut fit = ChannelFit::default();
-        for part in &partials {
-            if let Some((x, f)) = part.layers.get(k) {
-                s.merge(x);
-                fit.merge(f);
-            }
-        }
-        (s, fit)
-    });
     let seconds = start.elapsed().as_secs_f64();
-    let kept_outputs = partials.into_iter().filter_map(|p| p.kept).collect();
-    Ok(Validation {
-        kept_outputs,
-        samples: samples.len(),
-        labeled,
-        synthetic,
-        outputs,
-        layers,
-        seconds,
-        samples_per_second: samples.len() as f64 / seconds.max(1e-9),
-    })
+    let total: usize = groups.iter().map(|g| g.len()).sum();
+    // Merge in batch order (deterministic whatever the thread count), group by group.
+    let mut by_group: Vec<Vec<Partial>> = groups.iter().map(|_| Vec::new()).collect();
+    for ((g, _), p) in chunks.iter().zip(partials) {
+        if let Some(slot) = by_group.get_mut(*g) {
+            slot.push(p);
+        }
+    }
+    groups
+        .iter()
+        .zip(by_group)
+        .map(|(samples, partials)| {
+            let m = Merge {
+                int8,
+                samples,
+                synthetic,
+                probes: &probes,
+                extra: &extra,
+                n_out,
+                seconds,
+                total,
+            };
+            m.merge(partials)
+        })
+        .collect()
+}
+
+/// One batch's sums, before they are merged.
+struct Partial {
+    kept: Option<(ArrayD<f32>, ArrayD<f32>)>,
+    outputs: Vec<(Sums, Vec<usize>)>,
+    kinds: Vec<outputs::Partial>,
+    rows: Vec<Vec<(Vec<usize>, Vec<usize>)>>,
+    layers: Vec<(Sums, ChannelFit)>,
+}
+
+/// What merging one group's batches needs.
+struct Merge<'a> {
+    int8: &'a Model,
+    samples: &'a [Sample],
+    synthetic: bool,
+    probes: &'a [layers::Probe],
+    extra: &'a [String],
+    n_out: usize,
+    seconds: f64,
+    total: usize,
+}
+
+impl Merge<'_> {
+    fn merge(&self, partials: Vec<Partial>) -> Result<Validation> {
+        let Merge {
+            int8,
+            samples,
+            synthetic,
+            probes,
+            extra,
+            n_out,
+            seconds,
+            total,
+        } = *self;
+        let labels: Vec<Option<usize>> = samples.iter().map(|s| s.label).collect();
+        let labeled = labels.iter().filter(|l| l.is_some()).count();
+        let mut outputs = Vec::new();
+        for o in 0..n_out {
+            let mut sums = Sums::default();
+            let mut kind = outputs::Partial::default();
+            let mut shape = Vec::new();
+            let mut all_rows: Vec<&(Vec<usize>, Vec<usize>)> = Vec::new();
+            for p in &partials {
+                if let Some((s, sh)) = p.outputs.get(o) {
+                    sums.merge(s);
+                    shape.clone_from(sh);
+                }
+                if let Some(k) = p.kinds.get(o) {
+                    kind.merge(k);
+                }
+                if let Some(r) = p.rows.get(o) {
+                    all_rows.extend(r.iter());
+                }
+            }
+            let (mut top1, mut top5, mut acc_f, mut acc_q, mut n_lab) =
+                (0usize, 0usize, 0usize, 0usize, 0usize);
+            let classes = if shape.len() == 2 { shape[1] } else { 0 };
+            for (row, (fa, qb)) in all_rows.iter().enumerate() {
+                let (fa, qb) = (fa, qb);
+                let f1 = fa.first().copied();
+                let q1 = qb.first().copied();
+                if f1 == q1 {
+                    top1 += 1;
+                }
+                if q1.is_some_and(|q| fa.contains(&q)) {
+                    top5 += 1;
+                }
+                if let Some(Some(l)) = labels.get(row) {
+                    if *l >= classes {
+                        return Err(Error::Config(format!(
+                            "label {l} of input `{}` is out of range for {classes} classes",
+                            samples.get(row).map_or("?", |s| s.name.as_str())
+                        )));
+                    }
+                    n_lab += 1;
+                    acc_f += usize::from(f1 == Some(*l));
+                    acc_q += usize::from(q1 == Some(*l));
+                }
+            }
+            let rows = all_rows.len();
+            let frac = |k: usize, n: usize| (n > 0).then(|| k as f64 / n as f64);
+            outputs.push(OutputMetrics {
+                name: int8
+                    .graph
+                    .outputs
+                    .get(o)
+                    .and_then(|v| v.name.clone())
+                    .unwrap_or_default(),
+                shape,
+                sqnr_db: sums.sqnr_db(),
+                cosine: sums.cosine(),
+                max_abs_error: sums.max_abs(),
+                top1_agreement: frac(top1, rows),
+                top5_agreement: if classes >= 5 { frac(top5, rows) } else { None },
+                float_accuracy: frac(acc_f, n_lab),
+                int8_accuracy: frac(acc_q, n_lab),
+                details: kind.metrics(),
+            });
+        }
+        let layers = layers::metrics(int8, probes, extra, |k| {
+            let mut s = Sums::default();
+            let mut fit = ChannelFit::default();
+            for part in &partials {
+                if let Some((x, f)) = part.layers.get(k) {
+                    s.merge(x);
+                    fit.merge(f);
+                }
+            }
+            (s, fit)
+        });
+        let kept_outputs = partials.into_iter().filter_map(|p| p.kept).collect();
+        Ok(Validation {
+            kept_outputs,
+            samples: samples.len(),
+            labeled,
+            synthetic,
+            outputs,
+            layers,
+            seconds,
+            samples_per_second: total as f64 / seconds.max(1e-9),
+        })
+    }
 }

@@ -45,7 +45,7 @@ mod observe;
 pub use bn::{bn_ranges, through_layers};
 pub use input::{input_derived, InputDerived};
 pub use nonneg::nonnegative_values;
-pub use observe::{observe, Observed};
+pub use observe::{observe, Observed, Pass, Settle};
 
 use serde::Serialize;
 

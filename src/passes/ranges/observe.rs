@@ -196,8 +196,72 @@ impl Observed {
     }
 }
 
+/// When a forward pass may stop before its last batch: at every checkpoint of `every` inputs
+/// from `min` on, the pass stops if the observed values' ranges (`range`) moved by at most
+/// `tol` since the previous checkpoint (root mean square of `Δr / r` over the values) and no
+/// channel mean moved by more than `tol · r`. Checkpoints fall on input counts, not on threads, so where a pass stops does
+/// not depend on the machine.
+pub struct Settle<'a> {
+    /// Inputs between checkpoints.
+    pub every: usize,
+    /// Inputs before the first stop is allowed.
+    pub min: usize,
+    /// Relative tolerance.
+    pub tol: f64,
+    /// The range a layer would take from these statistics.
+    pub range: &'a (dyn Fn(&Observed) -> f64 + Sync),
+}
+
+/// What [`observe`] saw.
+#[derive(Debug, Clone, Default)]
+pub struct Pass {
+    /// Statistics per observed value.
+    pub observed: BTreeMap<String, Observed>,
+    /// Inputs run.
+    pub inputs: usize,
+    /// Inputs offered.
+    pub offered: usize,
+    /// The pass stopped early because the statistics settled.
+    pub settled: bool,
+    /// At the last checkpoint: the RMS relative range change and the largest channel mean
+    /// change ([`Settle`]).
+    pub last_change: Option<(f64, f64)>,
+}
+
+/// What a checkpoint compares: each value's range and channel means.
+type Estimates = Vec<(f64, Vec<f64>)>;
+
+fn estimates(out: &BTreeMap<String, Observed>, settle: &Settle) -> Estimates {
+    out.values()
+        .map(|o| ((settle.range)(o), o.channel_means().unwrap_or_default()))
+        .collect()
+}
+
+/// The root mean square over values of the relative range change, and the largest channel
+/// mean change relative to its value's range, between two checkpoints (`None` when a range is
+/// not finite or the values differ).
+fn changes(before: &Estimates, now: &Estimates) -> Option<(f64, f64)> {
+    if before.len() != now.len() || now.is_empty() {
+        return None;
+    }
+    let (mut sum_sq, mut mean_change) = (0.0f64, 0.0f64);
+    for ((r0, m0), (r1, m1)) in before.iter().zip(now) {
+        if !r0.is_finite() || !r1.is_finite() || m0.len() != m1.len() {
+            return None;
+        }
+        let scale = r1.abs().max(f64::MIN_POSITIVE);
+        sum_sq += ((r1 - r0) / scale).powi(2);
+        for (a, b) in m0.iter().zip(m1) {
+            mean_change = mean_change.max((b - a).abs() / scale);
+        }
+    }
+    Some(((sum_sq / now.len() as f64).sqrt(), mean_change))
+}
+
 /// Runs the float `model` in tract on each batch of `inputs` and observes `values` (every
-/// `sample_stride`-th value is kept for percentiles).
+/// `sample_stride`-th value is kept for percentiles). Batches up to the next checkpoint run
+/// side by side; their statistics are added in batch order, so the sums are the same as one
+/// batch after the other. With `settle`, the pass may stop at a checkpoint ([`Settle`]).
 ///
 /// # Errors
 /// tract cannot run the model, or a requested value does not exist.
@@ -206,42 +270,101 @@ pub fn observe(
     values: &[String],
     batches: &[Vec<ArrayD<f32>>],
     sample_stride: usize,
+    settle: Option<&Settle>,
     mut progress: impl FnMut(usize, usize),
-) -> Result<BTreeMap<String, Observed>> {
+) -> Result<Pass> {
     // The observed values become the only outputs; tract prunes the rest.
     let bytes = encode_with_outputs(model, Outputs::Only(values))?;
+    let count = |b: &Vec<ArrayD<f32>>| {
+        b.first()
+            .map_or(1, |a| a.shape().first().copied().unwrap_or(1))
+    };
+    let offered: usize = batches.iter().map(count).sum();
+    let mut pass = Pass {
+        offered,
+        ..Pass::default()
+    };
     if batches.is_empty() {
-        return Ok(BTreeMap::new());
+        return Ok(pass);
     }
     // One optimized plan per distinct batch shape (a short last batch gets its own).
     let mut plans: Vec<(Vec<Vec<usize>>, TractModel)> = Vec::new();
-    let mut out: BTreeMap<String, Observed> = BTreeMap::new();
-    for (b, batch) in batches.iter().enumerate() {
+    for batch in batches {
         let shapes: Vec<Vec<usize>> = batch.iter().map(|a| a.shape().to_vec()).collect();
-        let k = match plans.iter().position(|(s, _)| *s == shapes) {
-            Some(k) => k,
-            None => {
-                let m = TractModel::load(Source::Bytes(&bytes), &shapes)?;
-                plans.push((shapes, m));
-                plans.len() - 1
-            }
-        };
-        let results = plans[k].1.run(batch)?;
-        // Tensors are independent: their statistics are taken side by side.
-        let mut slots: Vec<(&mut Observed, &ArrayD<f32>)> = Vec::with_capacity(results.len());
-        for name in values {
-            out.entry(name.clone()).or_default();
+        if !plans.iter().any(|(s, _)| *s == shapes) {
+            let m = TractModel::load(Source::Bytes(&bytes), &shapes)?;
+            plans.push((shapes, m));
         }
-        let by_name: BTreeMap<&String, &ArrayD<f32>> = values.iter().zip(&results).collect();
-        for (name, o) in out.iter_mut() {
-            if let Some(r) = by_name.get(name) {
-                slots.push((o, r));
-            }
-        }
-        slots
-            .into_par_iter()
-            .for_each(|(o, r)| o.add(r, sample_stride));
-        progress(b + 1, batches.len());
     }
-    Ok(out)
+    let plan_of = |batch: &Vec<ArrayD<f32>>| -> Option<&TractModel> {
+        plans
+            .iter()
+            .find(|(s, _)| {
+                s.iter()
+                    .map(Vec::as_slice)
+                    .eq(batch.iter().map(ArrayD::shape))
+            })
+            .map(|(_, m)| m)
+    };
+    for name in values {
+        pass.observed.entry(name.clone()).or_default();
+    }
+    let every = settle.map_or(usize::MAX, |s| s.every.max(1));
+    let mut previous: Option<Estimates> = None;
+    let mut next = 0usize;
+    let mut checkpoint = every;
+    while next < batches.len() {
+        // The window: two batches side by side (both cores busy, at most two batches of
+        // activations held), or one when the next checkpoint comes after it.
+        let mut end = next;
+        let mut n = 0usize;
+        while end < batches.len() && end < next + 2 {
+            n += count(&batches[end]);
+            end += 1;
+            if settle.is_some() && pass.inputs + n >= checkpoint {
+                break;
+            }
+        }
+        let window = &batches[next..end];
+        let results: Vec<Vec<ArrayD<f32>>> = window
+            .par_iter()
+            .map(|batch| match plan_of(batch) {
+                Some(m) => m.run(batch),
+                None => Ok(Vec::new()),
+            })
+            .collect::<Result<_>>()?;
+        for results in &results {
+            // Tensors are independent: their statistics are taken side by side.
+            let by_name: BTreeMap<&String, &ArrayD<f32>> = values.iter().zip(results).collect();
+            let slots: Vec<(&mut Observed, &ArrayD<f32>)> = pass
+                .observed
+                .iter_mut()
+                .filter_map(|(name, o)| by_name.get(name).map(|r| (o, *r)))
+                .collect();
+            slots
+                .into_par_iter()
+                .for_each(|(o, r)| o.add(r, sample_stride));
+        }
+        pass.inputs += n;
+        next = end;
+        progress(next, batches.len());
+        if let Some(s) = settle {
+            if pass.inputs >= checkpoint && next < batches.len() {
+                while checkpoint <= pass.inputs {
+                    checkpoint = checkpoint.saturating_add(every);
+                }
+                let now = estimates(&pass.observed, s);
+                let moved = previous.as_ref().and_then(|p| changes(p, &now));
+                if let Some((rms, mean)) = moved {
+                    pass.last_change = Some((rms, mean));
+                    if pass.inputs >= s.min && rms <= s.tol && mean <= s.tol {
+                        pass.settled = true;
+                        break;
+                    }
+                }
+                previous = Some(now);
+            }
+        }
+    }
+    Ok(pass)
 }
