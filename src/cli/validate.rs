@@ -81,7 +81,8 @@ pub(super) struct InputArgs {
     /// Number of synthetic inputs when none are given.
     #[arg(long, default_value_t = 32)]
     synthetic: usize,
-    /// Inputs per run (default: 16 when the batch dimension is free, else the fixed batch).
+    /// Inputs per run (default: 1 when the batch dimension is free, else the fixed batch;
+    /// tract runs single inputs faster than batches, and runs them side by side).
     #[arg(long)]
     batch: Option<usize>,
     /// Compare every quantized layer's output and list the worst first (values cross-layer
@@ -249,7 +250,7 @@ pub(super) fn run_validation(
     let loaded = isquant::inputs::load_samples(&a.source(paths, &p), &dims)?;
     let batch = a.batch.unwrap_or(match dims.first() {
         Some(Some(b)) => *b,
-        _ => 16,
+        _ => 1,
     });
     let bar = ProgressBar::new();
     let v = isquant::validate::validate(

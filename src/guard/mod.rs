@@ -337,7 +337,9 @@ pub fn quantize(
     let n = opts
         .per_family
         .unwrap_or_else(|| per_family(sample_shape.iter().product()));
-    let batch = shape.first().copied().flatten().unwrap_or(n);
+    // One input per run where the batch is open: tract runs single inputs faster than
+    // batches (see `pipeline::activations::observe`).
+    let batch = shape.first().copied().flatten().unwrap_or(1);
     if batch > pipeline::forward::MAX_FIXED_BATCH {
         return Ok((
             model,

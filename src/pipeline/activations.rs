@@ -249,13 +249,14 @@ pub fn observe(
             )?
         }
     };
-    // Seeded batches of 8 (the seeds of the inputs do not depend on how they are run),
-    // run as halves of 4 where the batch is open: two runs side by side, and a checkpoint
-    // every 8 inputs.
+    // Seeded batches of 8 (the seeds of the inputs do not depend on how they are run), run
+    // one input at a time where the batch is open: tract 0.23.9 runs a batch of N slower
+    // than N single inputs (per input, batch 4 vs 1: MobileNetV2 3.9×, PP-LCNet 3.7×,
+    // fmnist 1.3×; docs/benchmarks.md), and single inputs run two side by side.
     let open_batch = forward_shape(model, cfg.input_shape.as_deref())
         .is_ok_and(|s| s.first().is_some_and(Option::is_none));
-    let batches: Vec<Vec<ArrayD<f32>>> = if open_batch && cfg.act_ranges != ActRanges::Calibrate {
-        batches.into_iter().flat_map(split_in_half).collect()
+    let batches: Vec<Vec<ArrayD<f32>>> = if open_batch {
+        batches.into_iter().flat_map(single_inputs).collect()
     } else {
         batches
     };
@@ -285,22 +286,16 @@ pub fn observe(
     })
 }
 
-/// A one-input batch of 8 or more along an open batch axis, as two halves; anything else
+/// A one-input batch along an open batch axis, as batches of one input each; anything else
 /// as it is.
-fn split_in_half(batch: Vec<ArrayD<f32>>) -> Vec<Vec<ArrayD<f32>>> {
-    let n = match batch.as_slice() {
-        [x] if x.ndim() >= 1 => x.shape()[0],
-        _ => 0,
-    };
-    if n < 8 || n % 2 != 0 {
-        return vec![batch];
+fn single_inputs(batch: Vec<ArrayD<f32>>) -> Vec<Vec<ArrayD<f32>>> {
+    match batch.as_slice() {
+        [x] if x.ndim() >= 1 && x.shape()[0] > 1 => x
+            .axis_chunks_iter(ndarray::Axis(0), 1)
+            .map(|one| vec![one.to_owned()])
+            .collect(),
+        _ => vec![batch],
     }
-    let x = &batch[0];
-    let h = n / 2;
-    vec![
-        vec![x.slice_axis(ndarray::Axis(0), (0..h).into()).to_owned()],
-        vec![x.slice_axis(ndarray::Axis(0), (h..n).into()).to_owned()],
-    ]
 }
 
 /// The range a forward pass gives a tensor, and the rule that set it.
