@@ -83,12 +83,10 @@ pub struct Summary {
     pub sum: f64,
     /// Their sum of squares.
     pub sum_sq: f64,
-    /// Number of positive values.
+    /// Number of positive values. (No separate sums of the positive values are needed: the
+    /// rule reads them only when no value is negative, and then they are `sum` and `sum_sq`
+    /// bit for bit, zeros adding +0 either way.)
     pub count_pos: u64,
-    /// Sum of the positive values.
-    pub sum_pos: f64,
-    /// Sum of squares of the positive values.
-    pub sum_sq_pos: f64,
     /// Smallest value (+∞ before any).
     pub min: f64,
     /// Largest value (−∞ before any).
@@ -102,8 +100,6 @@ impl Default for Summary {
             sum: 0.0,
             sum_sq: 0.0,
             count_pos: 0,
-            sum_pos: 0.0,
-            sum_sq_pos: 0.0,
             min: f64::INFINITY,
             max: f64::NEG_INFINITY,
         }
@@ -128,22 +124,35 @@ impl Summary {
     /// Deterministic: the same slice gives the same bits, whatever the thread.
     pub fn add_slice(&mut self, values: &[f32]) -> (f64, f64) {
         const L: usize = 8;
-        let (mut s1, mut s2, mut p1, mut p2) = ([0f64; L], [0f64; L], [0f64; L], [0f64; L]);
+        let (mut s1, mut s2) = ([0f64; L], [0f64; L]);
         let (mut n, mut np) = ([0u64; L], [0u64; L]);
         let (mut lo, mut hi) = ([f32::INFINITY; L], [f32::NEG_INFINITY; L]);
         let mut chunks = values.chunks_exact(L);
+        // Nearly every slice is all finite: that loop needs no per-value select, and adds the
+        // same values to the same lanes in the same order, so the sums are the same bits.
+        if values.iter().all(|v| v.is_finite()) {
+            for c in &mut chunks {
+                for k in 0..L {
+                    let v = c[k];
+                    let x = f64::from(v);
+                    s1[k] += x;
+                    s2[k] += x * x;
+                    np[k] += u64::from(v > 0.0);
+                    lo[k] = lo[k].min(v);
+                    hi[k] = hi[k].max(v);
+                }
+            }
+            n = [(values.len() / L) as u64; L];
+        }
         for c in &mut chunks {
             for k in 0..L {
                 let v = c[k];
                 let ok = v.is_finite();
                 let x = if ok { f64::from(v) } else { 0.0 };
-                let pos = x > 0.0;
                 s1[k] += x;
                 s2[k] += x * x;
-                p1[k] += if pos { x } else { 0.0 };
-                p2[k] += if pos { x * x } else { 0.0 };
                 n[k] += u64::from(ok);
-                np[k] += u64::from(pos);
+                np[k] += u64::from(x > 0.0);
                 lo[k] = if ok { lo[k].min(v) } else { lo[k] };
                 hi[k] = if ok { hi[k].max(v) } else { hi[k] };
             }
@@ -152,8 +161,6 @@ impl Summary {
         for k in 0..L {
             t1 += s1[k];
             t2 += s2[k];
-            self.sum_pos += p1[k];
-            self.sum_sq_pos += p2[k];
             self.count += n[k];
             self.count_pos += np[k];
             if n[k] > 0 {
@@ -186,8 +193,6 @@ impl Summary {
         self.sum_sq += x * x;
         if x > 0.0 {
             self.count_pos += 1;
-            self.sum_pos += x;
-            self.sum_sq_pos += x * x;
         }
         self.min = self.min.min(x);
         self.max = self.max.max(x);
@@ -265,7 +270,8 @@ pub fn sigma_rule(s: &Summary, bits: u32) -> SigmaRule {
     let sigma = if signed {
         streaming_std(s.count, s.sum, s.sum_sq)
     } else {
-        streaming_std(s.count_pos, s.sum_pos, s.sum_sq_pos)
+        // No value is negative: the positive values' sums are `sum` and `sum_sq`.
+        streaming_std(s.count_pos, s.sum, s.sum_sq)
     };
     let mut alpha = if signed { k * sigma / 1.25 } else { k * sigma };
     let mut capped = false;

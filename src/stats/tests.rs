@@ -480,3 +480,41 @@ fn gaussian_bound_is_the_largest_magnitude_of_the_range() {
     assert_eq!(gaussian_bound(&m, &v, 4.0), 4.5);
     assert_eq!(gaussian_bound(&[], &[], 4.0), 0.0);
 }
+
+/// The all-finite loop of `add_slice` gives the bits of the per-value-select loop: a slice
+/// with a chunk of NaNs after it takes the select loop, and the NaNs add nothing.
+#[test]
+fn add_slice_all_finite_path_is_bit_identical() {
+    use super::Summary;
+    let mut values: Vec<f32> = (0..10_000u32)
+        .map(|i| {
+            let t = (i as f32 * 0.7311).sin() * 3.0 + (i % 7) as f32 * 0.01 - 0.2;
+            if i % 13 == 0 {
+                0.0
+            } else if i % 17 == 0 {
+                -0.0
+            } else {
+                t
+            }
+        })
+        .collect();
+    values.truncate(9_992);
+    let mut fast = Summary::default();
+    let a = fast.add_slice(&values);
+    let mut with_nan = values.clone();
+    with_nan.extend([f32::NAN; 8]);
+    let mut slow = Summary::default();
+    let b = slow.add_slice(&with_nan);
+    assert_eq!(a.0.to_bits(), b.0.to_bits());
+    assert_eq!(a.1.to_bits(), b.1.to_bits());
+    assert_eq!(fast.count, slow.count);
+    assert_eq!(fast.count_pos, slow.count_pos);
+    for (x, y) in [
+        (fast.sum, slow.sum),
+        (fast.sum_sq, slow.sum_sq),
+        (fast.min, slow.min),
+        (fast.max, slow.max),
+    ] {
+        assert_eq!(x.to_bits(), y.to_bits());
+    }
+}
