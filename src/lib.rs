@@ -18,6 +18,7 @@
 
 pub mod check;
 pub mod data;
+pub mod deploy;
 pub mod error;
 pub mod graph;
 pub mod guard;

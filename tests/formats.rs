@@ -393,3 +393,50 @@ fn target_ort_picks_all_outputs_and_format_alone_stays_exact() {
     );
     assert!(!out.exists());
 }
+
+/// The summary and the JSON report name the form written and, unless it is the fastest for
+/// ONNX Runtime, the flag that is; `check --target ort` says the same of the written file.
+#[test]
+fn summary_json_and_check_name_the_faster_form() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = fixture("mnist-cnn.onnx");
+    let run = |args: &[&str]| {
+        let out = dir.path().join("m.onnx");
+        let json = dir.path().join("m.json");
+        let mut full = vec![
+            "quantize",
+            model.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+            "--report",
+            json.to_str().unwrap(),
+        ];
+        full.extend_from_slice(args);
+        let r = isquant(&full);
+        assert_eq!(r.code, 0, "{args:?}: {}", r.stderr);
+        let report: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+        let check = isquant(&["check", "--target", "ort", out.to_str().unwrap()]);
+        (r.stdout, report, check.stdout)
+    };
+    let (summary, report, check) = run(&[]);
+    let line = summary
+        .lines()
+        .find(|l| l.starts_with("deploy "))
+        .unwrap_or_else(|| panic!("no deploy line in:\n{summary}"));
+    assert!(
+        line.contains("convinteger") && line.contains("--target ort is faster"),
+        "{line}"
+    );
+    let deploy = report
+        .get("deploy")
+        .unwrap_or_else(|| panic!("no deploy in the JSON report: {report}"));
+    assert_eq!(deploy["format"], "convinteger");
+    assert_eq!(deploy["faster_for_ort"], "--target ort");
+    assert!(check.contains("--target ort is faster"), "{check}");
+    let (summary, report, check) = run(&["--target", "ort"]);
+    assert!(!summary.contains("is faster"), "{summary}");
+    assert!(report["deploy"].get("faster_for_ort").is_none());
+    assert_eq!(report["deploy"]["format"], "qdq-u8 --qdq-outputs all");
+    assert!(!check.contains("speed:"), "{check}");
+}

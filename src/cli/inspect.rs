@@ -46,9 +46,17 @@ pub(super) fn check(args: &CheckArgs) -> isquant::Result<ExitCode> {
     let loaded = isquant::load(&args.model)?;
     let target = isquant::value_name(&args.target);
     let v = isquant::check::check(&loaded.model, args.target);
+    let speed = isquant::deploy::written_form(&loaded.model.metadata())
+        .and_then(|(f, o)| isquant::deploy::for_target(f, o, args.target));
     if v.is_empty() {
         out!("{}: conforms to the {target} rules", args.model.display());
+        if let Some(line) = speed {
+            out!("speed: {line}");
+        }
         return Ok(ExitCode::SUCCESS);
+    }
+    if let Some(line) = &speed {
+        out!("speed: {line}");
     }
     out!(
         "{}: {} rule(s) of {target} broken",

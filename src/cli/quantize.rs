@@ -98,7 +98,7 @@ pub(super) struct QuantizeArgs {
     /// Keep the last quantizable layer (usually the classifier) float.
     #[arg(long)]
     keep_last_float: bool,
-    /// Inputs in the noise batch.
+    /// Most inputs in the noise pass (it stops from 16 on once its ranges settle).
     #[arg(long, default_value_t = 32)]
     noise_batch: usize,
     /// Seed of the noise batch.

@@ -182,7 +182,7 @@ pub struct QuantizeConfig {
     pub keep_first_float: bool,
     /// Keep the last quantizable layer float.
     pub keep_last_float: bool,
-    /// Images in the noise batch.
+    /// Most images in the noise pass (it stops earlier once its ranges settle).
     pub noise_batch: usize,
     /// Seed of the noise batch.
     pub noise_seed: u64,

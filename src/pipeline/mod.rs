@@ -120,6 +120,7 @@ pub fn quantize(
         equalized: equalized.report,
         equalize_note: equalized.note,
         warnings,
+        deploy: crate::deploy::hint(cfg.format, cfg.qdq_outputs),
         forward_pass: (pass.inputs > 0).then(|| report::ForwardPass {
             inputs: pass.inputs,
             offered: pass.offered,

@@ -109,6 +109,8 @@ pub struct QuantizeReport {
     /// How `--equalize auto` chose the scale rule, when it overrode `--equalize-by`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub equalize_note: Option<String>,
+    /// Which runtime the written form suits, and the flag of a faster one.
+    pub deploy: crate::deploy::DeployHint,
     /// The forward pass on noise or calibration inputs, when one ran.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub forward_pass: Option<ForwardPass>,
@@ -268,6 +270,7 @@ impl QuantizeReport {
             o.size_after as f64 / 1e3,
             o.size_before as f64 / o.size_after.max(1) as f64
         );
+        let _ = writeln!(s, "deploy     {}", self.deploy.line);
         let t: Vec<String> = self
             .timings_ms
             .iter()
