@@ -318,6 +318,12 @@ fn check_conv(n: &Node, shapes: &Shapes<'_>) -> Result<()> {
         }
     }
     let Some(w) = w else { return Ok(()) };
+    // An empty weight divides by any group, and passes size buffers by `channels × group`.
+    if w.contains(&0) {
+        return Err(n.error(format!(
+            "weight `{w_name}` has shape {w:?}: a convolution weight with no elements"
+        )));
+    }
     // Conv: W is [M, C/group, k...]; ConvTranspose: W is [C, M/group, k...].
     let (divided, out_channels) = if transpose {
         (w[0], w[1].saturating_mul(group))
@@ -671,6 +677,11 @@ mod tests {
         }
         let e = err(&conv(vec![], &[4, 3], &[1, 3]));
         assert!(e.contains("rank ≥ 3"), "{e}");
+        // Found by the quantize fuzzer: an empty weight passed every check (0 output channels
+        // divide by any group), and a `group` of 2^35 then sized equalization's buffers
+        // (137 GB, an abort).
+        let e = err(&conv(vec![], &[0, 4, 3, 3], &[1, 4, 8, 8]));
+        assert!(e.contains("with no elements"), "{e}");
         let e = err(&conv(vec![], &[4, 4, 3, 3], &[1, 4, 8]));
         assert!(e.contains("input `x` has rank 3"), "{e}");
     }

@@ -352,6 +352,12 @@ pub fn run_quantize(seeds: &[Vec<u8>], n: usize, seed: u64) -> QuantizeCounts {
     let mut c = QuantizeCounts::default();
     let prev = std::panic::take_hook();
     std::panic::set_hook(Box::new(|_| {}));
+    // `ISQUANT_FUZZ_FROM=k` runs only cases ≥ k; the mutations of earlier cases are still
+    // drawn, so case k is the same model as in a full run (to replay a chunk that aborted).
+    let from: usize = std::env::var("ISQUANT_FUZZ_FROM")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
     let mut start = 0;
     while start < n {
         let chunk: Vec<(usize, Vec<u8>)> = (start..n.min(start + 256))
@@ -362,8 +368,12 @@ pub fn run_quantize(seeds: &[Vec<u8>], n: usize, seed: u64) -> QuantizeCounts {
                 }
                 (i, m.encode_to_vec())
             })
+            .filter(|(i, _)| *i >= from)
             .collect();
-        start += chunk.len();
+        start = n.min(start + 256);
+        if chunk.is_empty() {
+            continue;
+        }
         let results: Vec<(usize, std::time::Duration, Result<bool, String>)> = chunk
             .par_iter()
             .map(|(i, bytes)| {

@@ -264,6 +264,16 @@ fn load_layers(g: &Graph, pairs: &[Pair]) -> Result<HashMap<usize, Layer>> {
                 None => vec![0.0; o],
             };
             let group = n.group()?;
+            // The weight may come from a Constant node (not checked at load against `group`):
+            // the layer's buffers are sized by `channels × group` (a fuzzed empty weight with
+            // group 2^35 asked for 137 GB).
+            let i_local = shape.get(1).copied().unwrap_or(0);
+            if shape.len() < 3 || o == 0 || i_local == 0 || o % group != 0 || b.len() != o {
+                return Err(n.error(format!(
+                    "weight `{w_name}` {shape:?} with group {group} and a bias of {} values is not a convolution weight cross-layer equalization can rescale",
+                    b.len()
+                )));
+            }
             Ok((idx, Layer::new(raw, shape, b, group, energy)))
         })
         .collect::<Result<_>>()?;
