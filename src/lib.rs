@@ -2,7 +2,8 @@
 //!
 //! Read a model ([`load`]: [`onnx::io`] → the editable [`graph`]), quantize it
 //! ([`pipeline::quantize`], which runs the [`passes`]), write it ([`save`]) and compare it with
-//! the float model in tract ([`validate`]). `docs/architecture.md` has the module map.
+//! the float model in tract ([`validate`]). `docs/architecture.md` has the module map. The
+//! command line is here too ([`cli`]): the `isquant` binary and the Python binding run it.
 //!
 //! ```no_run
 //! use std::path::Path;
@@ -17,6 +18,7 @@
 //! ```
 
 pub mod check;
+pub mod cli;
 pub mod data;
 pub mod deploy;
 pub mod error;

@@ -1,24 +1,9 @@
-//! The `isquant` command line: parse the flags ([`cli`]), run the command, print the error
-//! chain on failure. Exit codes: 0 ok, 1 a validation threshold or rule check failed, 2 error.
-
-mod cli;
+//! The `isquant` command line: [`isquant::cli::main`] parses the flags, runs the command and
+//! prints the error chain on failure. Exit codes: 0 ok, 1 a validation threshold or rule check
+//! failed, 2 error, 3 the model was written but the accuracy guard failed.
 
 use std::process::ExitCode;
 
-use clap::Parser;
-
 fn main() -> ExitCode {
-    let args = cli::Cli::parse();
-    match cli::run(args) {
-        Ok(code) => code,
-        Err(err) => {
-            eprintln!("error: {err}");
-            let mut cause = std::error::Error::source(&err);
-            while let Some(c) = cause {
-                eprintln!("  caused by: {c}");
-                cause = c.source();
-            }
-            ExitCode::from(2)
-        }
-    }
+    ExitCode::from(isquant::cli::main(std::env::args_os()))
 }

@@ -1,13 +1,12 @@
 //! `isquant convert` and `isquant fold-bn`: read a model, (fold BN,) write it back.
 
 use std::path::PathBuf;
-use std::process::ExitCode;
 use std::time::Instant;
 
-use isquant::onnx::io::Written;
+use crate::onnx::io::Written;
 
-use super::{describe_written, model_files, out};
-use isquant::onnx::io::{check_files, NamedPath};
+use super::{describe_written, model_files, out, EXIT_OK};
+use crate::onnx::io::{check_files, NamedPath};
 
 #[derive(clap::Args, Debug)]
 pub(super) struct ConvertArgs {
@@ -24,8 +23,8 @@ pub(super) struct ConvertArgs {
 }
 
 /// Writes the (possibly edited) model next to nothing it was read from.
-fn save(loaded: &isquant::LoadedModel, args: &ConvertArgs) -> isquant::Result<Written> {
-    isquant::save(
+fn save(loaded: &crate::LoadedModel, args: &ConvertArgs) -> crate::Result<Written> {
+    crate::save(
         &loaded.model,
         &args.output,
         args.external_data,
@@ -34,10 +33,10 @@ fn save(loaded: &isquant::LoadedModel, args: &ConvertArgs) -> isquant::Result<Wr
 }
 
 /// Loads the input after checking that `-o` is not one of the files it reads.
-fn load(args: &ConvertArgs) -> isquant::Result<isquant::LoadedModel> {
+fn load(args: &ConvertArgs) -> crate::Result<crate::LoadedModel> {
     let outputs = [NamedPath::new("-o", &args.output)];
     check_files(&model_files("the input model", &args.input, None), &outputs)?;
-    let loaded = isquant::load(&args.input)?;
+    let loaded = crate::load(&args.input)?;
     check_files(
         &model_files("the input model", &args.input, Some(&loaded)),
         &outputs,
@@ -45,7 +44,7 @@ fn load(args: &ConvertArgs) -> isquant::Result<isquant::LoadedModel> {
     Ok(loaded)
 }
 
-pub(super) fn convert(args: &ConvertArgs) -> isquant::Result<ExitCode> {
+pub(super) fn convert(args: &ConvertArgs) -> crate::Result<u8> {
     let start = Instant::now();
     let loaded = load(args)?;
     let written = save(&loaded, args)?;
@@ -60,13 +59,13 @@ pub(super) fn convert(args: &ConvertArgs) -> isquant::Result<ExitCode> {
             loaded.info.external_tensors
         );
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(EXIT_OK)
 }
 
-pub(super) fn fold_bn(args: &ConvertArgs) -> isquant::Result<ExitCode> {
+pub(super) fn fold_bn(args: &ConvertArgs) -> crate::Result<u8> {
     let start = Instant::now();
     let mut loaded = load(args)?;
-    let report = isquant::passes::fold_bn::fold_batch_norms(&mut loaded.model)?;
+    let report = crate::passes::fold_bn::fold_batch_norms(&mut loaded.model)?;
     let written = save(&loaded, args)?;
     out!(
         "folded {} BatchNormalization node(s), kept {}",
@@ -84,5 +83,5 @@ pub(super) fn fold_bn(args: &ConvertArgs) -> isquant::Result<ExitCode> {
         describe_written(&args.output, &written),
         start.elapsed()
     );
-    Ok(ExitCode::SUCCESS)
+    Ok(EXIT_OK)
 }

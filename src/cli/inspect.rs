@@ -1,11 +1,10 @@
 //! `isquant inspect` and `isquant check`.
 
 use std::path::PathBuf;
-use std::process::ExitCode;
 
-use isquant::check::Target;
+use crate::check::Target;
 
-use super::out;
+use super::{out, ModelInput, EXIT_BELOW_THRESHOLD, EXIT_OK};
 
 #[derive(clap::Args, Debug)]
 pub(super) struct InspectArgs {
@@ -25,35 +24,40 @@ pub(super) struct CheckArgs {
     target: Target,
 }
 
-pub(super) fn inspect(args: &InspectArgs) -> isquant::Result<ExitCode> {
-    let loaded = isquant::load(&args.model)?;
-    let report = isquant::inspect::inspect(
-        &loaded.model,
-        &args.model.display().to_string(),
-        &loaded.info,
-    )?;
-    if args.json {
-        let text = serde_json::to_string_pretty(&report)
-            .map_err(|e| isquant::Error::Config(format!("cannot encode JSON: {e}")))?;
-        out!("{text}");
-    } else {
-        out!("{}", isquant::inspect::render(&report).trim_end());
-    }
-    Ok(ExitCode::SUCCESS)
+/// What `inspect` reports on a model.
+pub(super) fn report(model: &ModelInput) -> crate::Result<crate::inspect::Inspection> {
+    let loaded = model.load()?;
+    crate::inspect::inspect(&loaded.model, &model.label(), &loaded.info)
 }
 
-pub(super) fn check(args: &CheckArgs) -> isquant::Result<ExitCode> {
-    let loaded = isquant::load(&args.model)?;
-    let target = isquant::value_name(&args.target);
-    let v = isquant::check::check(&loaded.model, args.target);
-    let speed = isquant::deploy::written_form(&loaded.model.metadata())
-        .and_then(|(f, o)| isquant::deploy::for_target(f, o, args.target));
+/// The report as `--json` prints it.
+pub(super) fn json(report: &crate::inspect::Inspection) -> crate::Result<String> {
+    serde_json::to_string_pretty(report)
+        .map_err(|e| crate::Error::Config(format!("cannot encode JSON: {e}")))
+}
+
+pub(super) fn inspect(args: &InspectArgs) -> crate::Result<u8> {
+    let report = report(&ModelInput::Path(args.model.clone()))?;
+    if args.json {
+        out!("{}", json(&report)?);
+    } else {
+        out!("{}", crate::inspect::render(&report).trim_end());
+    }
+    Ok(EXIT_OK)
+}
+
+pub(super) fn check(args: &CheckArgs) -> crate::Result<u8> {
+    let loaded = crate::load(&args.model)?;
+    let target = crate::value_name(&args.target);
+    let v = crate::check::check(&loaded.model, args.target);
+    let speed = crate::deploy::written_form(&loaded.model.metadata())
+        .and_then(|(f, o)| crate::deploy::for_target(f, o, args.target));
     if v.is_empty() {
         out!("{}: conforms to the {target} rules", args.model.display());
         if let Some(line) = speed {
             out!("speed: {line}");
         }
-        return Ok(ExitCode::SUCCESS);
+        return Ok(EXIT_OK);
     }
     if let Some(line) = &speed {
         out!("speed: {line}");
@@ -66,5 +70,5 @@ pub(super) fn check(args: &CheckArgs) -> isquant::Result<ExitCode> {
     for x in &v {
         out!("  {x}");
     }
-    Ok(ExitCode::from(1))
+    Ok(EXIT_BELOW_THRESHOLD)
 }

@@ -1,7 +1,12 @@
 //! The command line: clap types and one file per subcommand. Each subcommand turns its flags
 //! into library calls and prints; the library does the work.
 //!
-//! Files: every command lists what it reads and writes ([`isquant::onnx::io::check_files`]) and
+//! It lives in the library, not only in the binary, so that the Python wheel's `isquant`
+//! command runs this very code ([`main`]), and so that the Python API ([`api`]) parses its
+//! options with the same flags, defaults and checks and computes what a command prints without
+//! printing it.
+//!
+//! Files: every command lists what it reads and writes ([`crate::onnx::io::check_files`]) and
 //! refuses, before any work, an output that is an input (a model, its external data, a file of
 //! `--validate-inputs`/`--calibrate`/`inputs`, `--labels`) or another output (`-o`,
 //! `--report`, `--json`, the files of `--save-tensors`).
@@ -10,16 +15,106 @@
 //! 2 error (bad input, bad flags, I/O); 3 `quantize` wrote the model but its accuracy guard
 //! failed.
 
+pub mod api;
 mod convert;
 mod inspect;
 mod quantize;
 mod validate;
 
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
-use std::process::ExitCode;
 
+use crate::onnx::io::NamedPath;
 use clap::{Parser, Subcommand};
-use isquant::onnx::io::NamedPath;
+
+/// Exit code: success.
+pub const EXIT_OK: u8 = 0;
+/// Exit code: validation below a threshold, or `check` found broken rules.
+pub const EXIT_BELOW_THRESHOLD: u8 = 1;
+/// Exit code: an error (bad input, bad flags, I/O).
+pub const EXIT_ERROR: u8 = 2;
+/// Exit code: `quantize` wrote the model but its accuracy guard failed.
+pub const EXIT_GUARD_FAILED: u8 = 3;
+
+/// Runs the command line on `args` (`args[0]` is the program name, as in `std::env::args_os`):
+/// parses the flags (printing clap's help, version or usage error), runs the command and prints
+/// the error chain on failure. Returns the exit code.
+pub fn main<I, T>(args: I) -> u8
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            // What `Cli::parse` does, without ending the process: help and version on stdout
+            // (exit 0), usage errors on stderr (exit 2).
+            let _ = e.print();
+            return u8::try_from(e.exit_code()).unwrap_or(EXIT_ERROR);
+        }
+    };
+    let code = match run(cli) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err}");
+            let mut cause = std::error::Error::source(&err);
+            while let Some(c) = cause {
+                eprintln!("  caused by: {c}");
+                cause = c.source();
+            }
+            EXIT_ERROR
+        }
+    };
+    // Inside a Python process nothing flushes Rust's stdout at exit (a binary's runtime does).
+    let _ = std::io::Write::flush(&mut std::io::stdout());
+    code
+}
+
+/// A model argument: a file (the command line) or bytes already in memory (the Python API).
+#[derive(Debug, Clone)]
+pub enum ModelInput {
+    /// A model file (its external data is read beside it).
+    Path(PathBuf),
+    /// An encoded `ModelProto` with every tensor inline, named `<bytes>` in messages.
+    Bytes(bytes::Bytes),
+}
+
+/// How messages and the summary name a model given as bytes.
+pub const BYTES_LABEL: &str = "<bytes>";
+
+impl ModelInput {
+    /// The model's name in messages and summaries.
+    fn label(&self) -> String {
+        match self {
+            ModelInput::Path(p) => p.display().to_string(),
+            ModelInput::Bytes(_) => BYTES_LABEL.to_string(),
+        }
+    }
+
+    /// Reads and checks the model ([`crate::load`], [`crate::load_bytes`]).
+    fn load(&self) -> crate::Result<crate::LoadedModel> {
+        match self {
+            ModelInput::Path(p) => crate::load(p),
+            ModelInput::Bytes(b) => crate::load_bytes(b.clone(), Path::new(BYTES_LABEL), None),
+        }
+    }
+
+    /// The files the model argument reads ([`model_files`]); none for bytes.
+    fn files(&self, flag: &str, loaded: Option<&crate::LoadedModel>) -> Vec<NamedPath> {
+        match self {
+            ModelInput::Path(p) => model_files(flag, p, loaded),
+            ModelInput::Bytes(_) => Vec::new(),
+        }
+    }
+
+    /// The files the loaded model came from, which no output may overwrite; none for bytes.
+    fn source_files(&self, loaded: &crate::LoadedModel) -> Vec<PathBuf> {
+        match self {
+            ModelInput::Path(p) => loaded.source_files(p),
+            ModelInput::Bytes(_) => Vec::new(),
+        }
+    }
+}
 
 /// `println!` that ends the process quietly when stdout is closed (`isquant … | head`).
 macro_rules! out {
@@ -51,7 +146,7 @@ Exit codes: 0 success, 1 validation below threshold / check found broken rules,
 /// + integer emission). No calibration data, no Python.
 #[derive(Parser, Debug)]
 #[command(name = "isquant", version, about, after_help = EXAMPLES)]
-pub struct Cli {
+struct Cli {
     #[command(subcommand)]
     command: Command,
 }
@@ -90,11 +185,12 @@ enum Command {
     FoldBn(convert::ConvertArgs),
 }
 
-/// Runs one command; the exit code on success (1: a threshold or rule check failed).
+/// Runs one command; the exit code on success (1: a threshold or rule check failed, 3: the
+/// guard failed).
 ///
 /// # Errors
-/// Whatever the library reports; the caller prints it and exits with 2.
-pub fn run(cli: Cli) -> isquant::Result<ExitCode> {
+/// Whatever the library reports; [`main`] prints it and exits with 2.
+fn run(cli: Cli) -> crate::Result<u8> {
     match cli.command {
         Command::Quantize(args) => quantize::run(*args),
         Command::Validate(args) => validate::run(*args),
@@ -106,19 +202,19 @@ pub fn run(cli: Cli) -> isquant::Result<ExitCode> {
 }
 
 /// Parses a comma-separated list of sizes (`--input-shape`).
-fn parse_sizes(s: &str, what: &str) -> isquant::Result<Vec<usize>> {
+fn parse_sizes(s: &str, what: &str) -> crate::Result<Vec<usize>> {
     s.split(',')
         .map(|d| d.trim().parse::<usize>())
         .collect::<Result<Vec<_>, _>>()
         .map_err(|_| {
-            isquant::Error::Config(format!(
+            crate::Error::Config(format!(
                 "{what} {s:?} is not a comma-separated list of sizes"
             ))
         })
 }
 
 /// Describes a written model: `PATH (N bytes[, weights in DATA (M bytes)])`.
-fn describe_written(output: &std::path::Path, w: &isquant::onnx::io::Written) -> String {
+fn describe_written(output: &std::path::Path, w: &crate::onnx::io::Written) -> String {
     let mut line = format!("{} ({} bytes", output.display(), w.model_bytes);
     if let Some((data, n)) = &w.external {
         line.push_str(&format!(", weights in {} ({n} bytes)", data.display()));
@@ -128,7 +224,7 @@ fn describe_written(output: &std::path::Path, w: &isquant::onnx::io::Written) ->
 }
 
 /// The files a model argument reads: the model and, once loaded, its external data files.
-fn model_files(flag: &str, path: &Path, loaded: Option<&isquant::LoadedModel>) -> Vec<NamedPath> {
+fn model_files(flag: &str, path: &Path, loaded: Option<&crate::LoadedModel>) -> Vec<NamedPath> {
     let mut v = vec![NamedPath::new(flag, path)];
     if let Some(l) = loaded {
         v.extend(
@@ -148,7 +244,7 @@ fn input_files(flag: &str, paths: &[PathBuf]) -> Vec<NamedPath> {
         .iter()
         .flat_map(|p| {
             let files = if p.is_dir() {
-                isquant::inputs::expand(std::slice::from_ref(p)).unwrap_or_default()
+                crate::inputs::expand(std::slice::from_ref(p)).unwrap_or_default()
             } else {
                 Vec::new()
             };
@@ -161,11 +257,11 @@ fn input_files(flag: &str, paths: &[PathBuf]) -> Vec<NamedPath> {
 /// The protected files of a run: the input model, its external data, and the output model
 /// and its data file (a report may overwrite none of them).
 fn protected(
-    input: &std::path::Path,
-    loaded: &isquant::LoadedModel,
+    input: &ModelInput,
+    loaded: &crate::LoadedModel,
     output: Option<&std::path::Path>,
 ) -> Vec<PathBuf> {
-    let mut v = loaded.source_files(input);
-    v.extend(output.map(isquant::output_files).unwrap_or_default());
+    let mut v = input.source_files(loaded);
+    v.extend(output.map(crate::output_files).unwrap_or_default());
     v
 }

@@ -1,23 +1,25 @@
 //! `isquant quantize`.
 
 use std::path::PathBuf;
-use std::process::ExitCode;
 use std::time::Instant;
 
-use isquant::check::Target;
-use isquant::guard::{GuardMode, GuardOptions};
-use isquant::inputs::Preset;
-use isquant::passes::emit::{Format, QdqOutputs};
-use isquant::passes::equalize::{Objective, Relu6};
-use isquant::pipeline::{
+use crate::check::Target;
+use crate::guard::{GuardMode, GuardOptions};
+use crate::inputs::Preset;
+use crate::passes::emit::{Format, QdqOutputs};
+use crate::passes::equalize::{Objective, Relu6};
+use crate::pipeline::{
     ActRanges, ActivationType, CalibrationMethod, Equalize, Granularity, NoiseInput,
     QuantizeConfig, RenderOptions, Switch,
 };
-use isquant::squant::Rounding;
+use crate::squant::Rounding;
 
 use super::validate::{run_validation, InputArgs};
-use super::{describe_written, input_files, model_files, out, parse_sizes, protected};
-use isquant::onnx::io::{check_files, NamedPath};
+use super::{
+    describe_written, input_files, out, parse_sizes, protected, ModelInput, EXIT_GUARD_FAILED,
+    EXIT_OK,
+};
+use crate::onnx::io::{check_files, NamedPath};
 
 pub(super) const EXAMPLES: &str = "\
 Examples:
@@ -36,10 +38,11 @@ the first layer's input too; otherwise that layer keeps a float input and int8 w
 #[derive(clap::Args, Debug)]
 pub(super) struct QuantizeArgs {
     /// The float ONNX model (never modified).
-    input: PathBuf,
+    pub(super) input: PathBuf,
     /// Where to write the int8 model.
-    #[arg(short, long)]
-    output: PathBuf,
+    // Required on the command line; the Python API makes it optional (`api::quantize`).
+    #[arg(short, long, required = true)]
+    pub(super) output: Option<PathBuf>,
     /// Weight bits (2..=8), one symmetric scale per tensor, zero-point 0.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(2..=8))]
     weight_bits: u32,
@@ -132,16 +135,16 @@ pub(super) struct QuantizeArgs {
     /// Write the JSON report (per-layer scales, flips, ranges, the layer table, skipped nodes)
     /// here.
     #[arg(long, value_name = "FILE.json")]
-    report: Option<PathBuf>,
+    pub(super) report: Option<PathBuf>,
     /// Run the float and the int8 model in tract and compare them (on --validate-inputs, or
     /// seeded synthetic inputs).
     #[arg(long)]
     validate: bool,
     /// Images (JPEG/PNG), .npy files, IDX files or folders for --validate.
     #[arg(long, num_args = 1.., value_name = "PATH")]
-    validate_inputs: Vec<PathBuf>,
+    pub(super) validate_inputs: Vec<PathBuf>,
     #[command(flatten)]
-    inputs: InputArgs,
+    pub(super) inputs: InputArgs,
     /// The data-free accuracy guard: run float and int8 on seeded inputs (noise, smooth
     /// images, strokes) and compare each output (its logits before a final Sigmoid/Softmax).
     /// report: say so, exit 3 when an output fails; fix: when one fails, also weigh
@@ -150,7 +153,7 @@ pub(super) struct QuantizeArgs {
     #[arg(long, value_enum, default_value_t = GuardMode::Fix)]
     guard: GuardMode,
     /// Guard threshold: the median SQNR over the three input families, dB.
-    #[arg(long, default_value_t = isquant::guard::DEFAULT_MIN_SQNR_DB, value_name = "DB")]
+    #[arg(long, default_value_t = crate::guard::DEFAULT_MIN_SQNR_DB, value_name = "DB")]
     guard_min_sqnr: f64,
     /// Most layers --guard fix keeps float.
     #[arg(long, default_value_t = 4, value_name = "N")]
@@ -165,7 +168,12 @@ pub(super) struct QuantizeArgs {
 }
 
 impl QuantizeArgs {
-    fn input_range(&self) -> isquant::Result<Option<(f32, f32)>> {
+    /// Whether the run ends with a validation (`--validate`, or `--validate-inputs` given).
+    pub(super) fn validates(&self) -> bool {
+        self.validate || !self.validate_inputs.is_empty()
+    }
+
+    fn input_range(&self) -> crate::Result<Option<(f32, f32)>> {
         let Some(r) = &self.input_range else {
             return Ok(self.inputs.preset.map(Preset::input_range));
         };
@@ -174,10 +182,10 @@ impl QuantizeArgs {
         });
         parsed
             .map(Some)
-            .ok_or_else(|| isquant::Error::Config(format!("--input-range {r:?} is not LO:HI")))
+            .ok_or_else(|| crate::Error::Config(format!("--input-range {r:?} is not LO:HI")))
     }
 
-    fn config(&self) -> isquant::Result<QuantizeConfig> {
+    fn config(&self) -> crate::Result<QuantizeConfig> {
         Ok(QuantizeConfig {
             format: Format::resolve(self.format, self.target)?,
             qdq_outputs: self
@@ -218,38 +226,71 @@ impl QuantizeArgs {
     }
 }
 
-pub(super) fn run(args: QuantizeArgs) -> isquant::Result<ExitCode> {
-    let start = Instant::now();
+/// What a quantize run made, before anything is printed: the same for the command line and
+/// the Python API.
+pub(super) struct Outcome {
+    /// The int8 model, encoded with every tensor inline (what `-o` holds unless the weights
+    /// went to external data).
+    pub(super) model_bytes: Vec<u8>,
+    /// The JSON report with the guard's (what `--report` writes).
+    pub(super) report_json: Vec<u8>,
+    /// The text the command line prints first: the summary, then the guard's lines (no
+    /// trailing newline).
+    pub(super) summary: String,
+    /// What was written to `-o`, if it was given.
+    pub(super) written: Option<crate::onnx::io::Written>,
+    /// The guard ran and failed (exit 3 once the model is written).
+    pub(super) guard_failed: bool,
+    /// The float model as loaded (validation compares with it).
+    pub(super) original: crate::graph::Model,
+    /// The int8 model.
+    pub(super) int8: crate::graph::Model,
+    /// Files no report or metrics file may overwrite.
+    pub(super) keep: Vec<PathBuf>,
+    /// The `--input-shape` given, parsed.
+    pub(super) input_shape: Option<Vec<usize>>,
+}
+
+/// Quantizes `input` as `args` say and writes the model to `args.output` when given; computes
+/// the report and the summary but writes and prints neither. `progress` hears each stage.
+pub(super) fn quantize(
+    args: &QuantizeArgs,
+    input: &ModelInput,
+    progress: &mut dyn FnMut(&str),
+) -> crate::Result<Outcome> {
     let cfg = args.config()?;
     cfg.validate(args.calibrate.is_some())?;
     // No output may be an input or another output: refused before any work (again once the
     // model's external data files are known).
-    let files = |loaded: Option<&isquant::LoadedModel>| {
-        let mut inputs = model_files("the input model", &args.input, loaded);
+    let files = |loaded: Option<&crate::LoadedModel>| {
+        let mut inputs = input.files("the input model", loaded);
         inputs.extend(input_files("--validate-inputs", &args.validate_inputs));
         inputs.extend(input_files("--calibrate", args.calibrate.as_slice()));
-        let mut outputs = vec![NamedPath::new("-o", &args.output)];
+        let mut outputs: Vec<NamedPath> = args
+            .output
+            .iter()
+            .map(|p| NamedPath::new("-o", p))
+            .collect();
         outputs.extend(args.report.iter().map(|p| NamedPath::new("--report", p)));
         args.inputs.files(&mut inputs, &mut outputs);
         check_files(&inputs, &outputs)
     };
     files(None)?;
-    let loaded = isquant::load(&args.input)?;
+    let loaded = input.load()?;
     files(Some(&loaded))?;
-    let keep = protected(&args.input, &loaded, Some(&args.output));
+    let keep = protected(input, &loaded, args.output.as_deref());
     let original = loaded.model.clone();
-    let size_before = isquant::onnx::io::encode_model(&original.to_proto()).len();
+    let size_before = crate::onnx::io::encode_model(&original.to_proto()).len();
     let calibration = match &args.calibrate {
         Some(dir) => {
             let preprocess = args.inputs.preprocess()?;
             let dims = args.inputs.dims(&original, cfg.input_shape.as_deref())?;
             let paths = [dir.clone()];
             let source = args.inputs.source(&paths, &preprocess);
-            Some(isquant::inputs::calibration_batches(&source, &dims)?)
+            Some(crate::inputs::calibration_batches(&source, &dims)?)
         }
         None => None,
     };
-    let mut progress = |stage: &str| eprintln!("isquant: {stage}...");
     // The guard measures on the user's inputs when there are any (validation, calibration).
     let own: Vec<PathBuf> = args
         .validate_inputs
@@ -262,7 +303,7 @@ pub(super) fn run(args: QuantizeArgs) -> isquant::Result<ExitCode> {
     } else {
         let preprocess = args.inputs.preprocess()?;
         let dims = args.inputs.dims(&original, cfg.input_shape.as_deref())?;
-        isquant::inputs::load_samples(&args.inputs.source(&own, &preprocess), &dims)?.samples
+        crate::inputs::load_samples(&args.inputs.source(&own, &preprocess), &dims)?.samples
     };
     let guard_opts = GuardOptions {
         mode: args.guard,
@@ -271,72 +312,99 @@ pub(super) fn run(args: QuantizeArgs) -> isquant::Result<ExitCode> {
         user_inputs,
         ..GuardOptions::default()
     };
-    let (model, report, guard) = isquant::guard::quantize(
+    let (model, report, guard) = crate::guard::quantize(
         &original,
         &cfg,
         calibration.as_deref(),
         &guard_opts,
-        &mut progress,
+        progress,
     )?;
-    let size_after = isquant::onnx::io::encode_model(&model.to_proto()).len();
-    let written = isquant::save(
-        &model,
-        &args.output,
-        args.external_data,
-        &loaded.source_files(&args.input),
-    )?;
-    let summary = report.render(&RenderOptions {
-        input: &args.input.display().to_string(),
-        size_before,
-        size_after,
-        verbose: args.verbose,
-    });
-    out!("{}", summary.trim_end());
+    let model_bytes = crate::onnx::io::encode_model(&model.to_proto());
+    let written = match &args.output {
+        Some(output) => Some(crate::save(
+            &model,
+            output,
+            args.external_data,
+            &input.source_files(&loaded),
+        )?),
+        None => None,
+    };
+    let mut summary = report
+        .render(&RenderOptions {
+            input: &input.label(),
+            size_before,
+            size_after: model_bytes.len(),
+            verbose: args.verbose,
+        })
+        .trim_end()
+        .to_string();
     if let Some(g) = &guard {
-        out!("{}", g.render().trim_end());
+        summary.push('\n');
+        summary.push_str(g.render().trim_end());
     }
-    if let Some(path) = &args.report {
-        /// The report with the guard's beside it (flattened, so numbers keep their f32 form).
-        #[derive(serde::Serialize)]
-        struct Full<'a> {
-            #[serde(flatten)]
-            report: &'a isquant::pipeline::QuantizeReport,
-            #[serde(skip_serializing_if = "Option::is_none")]
-            guard: Option<&'a isquant::guard::GuardReport>,
-        }
-        let full = Full {
-            report: &report,
-            guard: guard.as_ref(),
-        };
-        let json = serde_json::to_vec_pretty(&full)
-            .map_err(|e| isquant::Error::Config(format!("cannot encode the report: {e}")))?;
-        isquant::write_file(path, &json, &keep)?;
-        out!("report     {}", path.display());
+    /// The report with the guard's beside it (flattened, so numbers keep their f32 form).
+    #[derive(serde::Serialize)]
+    struct Full<'a> {
+        #[serde(flatten)]
+        report: &'a crate::pipeline::QuantizeReport,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        guard: Option<&'a crate::guard::GuardReport>,
     }
-    out!(
-        "wrote      {} in {:.2?}",
-        describe_written(&args.output, &written),
-        start.elapsed()
-    );
+    let full = Full {
+        report: &report,
+        guard: guard.as_ref(),
+    };
+    let report_json = serde_json::to_vec_pretty(&full)
+        .map_err(|e| crate::Error::Config(format!("cannot encode the report: {e}")))?;
     let guard_failed = guard
         .as_ref()
         .is_some_and(|g| !g.passed && g.not_run.is_none());
-    if args.validate || !args.validate_inputs.is_empty() {
+    Ok(Outcome {
+        model_bytes,
+        report_json,
+        summary,
+        written,
+        guard_failed,
+        original,
+        int8: model,
+        keep,
+        input_shape: cfg.input_shape,
+    })
+}
+
+pub(super) fn run(args: QuantizeArgs) -> crate::Result<u8> {
+    let start = Instant::now();
+    let input = ModelInput::Path(args.input.clone());
+    let mut progress = |stage: &str| eprintln!("isquant: {stage}...");
+    let q = quantize(&args, &input, &mut progress)?;
+    out!("{}", q.summary);
+    if let Some(path) = &args.report {
+        crate::write_file(path, &q.report_json, &q.keep)?;
+        out!("report     {}", path.display());
+    }
+    if let (Some(output), Some(written)) = (&args.output, &q.written) {
+        out!(
+            "wrote      {} in {:.2?}",
+            describe_written(output, written),
+            start.elapsed()
+        );
+    }
+    if args.validates() {
         let code = run_validation(
-            &original,
-            &model,
+            &q.original,
+            &q.int8,
             &args.validate_inputs,
             &args.inputs,
-            cfg.input_shape.as_deref(),
-            &keep,
+            q.input_shape.as_deref(),
+            &q.keep,
         )?;
-        if code != ExitCode::SUCCESS {
+        if code != EXIT_OK {
             return Ok(code);
         }
     }
-    if guard_failed {
+    if q.guard_failed {
         eprintln!("isquant: the guard failed (exit 3): the int8 model was written; see the guard lines above");
-        return Ok(ExitCode::from(3));
+        return Ok(EXIT_GUARD_FAILED);
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(EXIT_OK)
 }

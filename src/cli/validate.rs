@@ -2,16 +2,15 @@
 //! `--calibrate`.
 
 use std::path::PathBuf;
-use std::process::ExitCode;
 use std::time::Instant;
 
-use isquant::graph::Model;
-use isquant::inputs::{InputSource, Layout, Preprocess, Preset};
-use isquant::onnx::io::{check_files, NamedPath};
-use isquant::validate::render::{render, save_tensors, source_label, SAVED_TENSOR_FILES};
-use isquant::validate::{Thresholds, ValidateOptions};
+use crate::graph::Model;
+use crate::inputs::{InputSource, Layout, Preprocess, Preset, Sample};
+use crate::onnx::io::{check_files, NamedPath};
+use crate::validate::render::{render, save_tensors, source_label, SAVED_TENSOR_FILES};
+use crate::validate::{Thresholds, ValidateOptions, Validation};
 
-use super::{input_files, model_files, out};
+use super::{input_files, out, ModelInput, EXIT_BELOW_THRESHOLD, EXIT_OK};
 
 pub(super) const EXAMPLES: &str = "\
 Examples:
@@ -30,9 +29,9 @@ pub(super) struct ValidateArgs {
     /// The quantized model.
     int8: PathBuf,
     /// Images (JPEG/PNG), .npy files, IDX image files, or folders of them; none: synthetic.
-    inputs_paths: Vec<PathBuf>,
+    pub(super) inputs_paths: Vec<PathBuf>,
     #[command(flatten)]
-    inputs: InputArgs,
+    pub(super) inputs: InputArgs,
 }
 
 /// Inputs, preprocessing, labels, metrics output and thresholds (validate and quantize).
@@ -107,24 +106,24 @@ pub(super) struct InputArgs {
     max_accuracy_drop: Option<f64>,
 }
 
-fn floats(s: &str, what: &str) -> isquant::Result<Vec<f32>> {
+fn floats(s: &str, what: &str) -> crate::Result<Vec<f32>> {
     s.split(',')
         .map(|v| v.trim().parse::<f32>())
         .collect::<Result<Vec<_>, _>>()
         .map_err(|_| {
-            isquant::Error::Config(format!(
+            crate::Error::Config(format!(
                 "{what} {s:?} is not a comma-separated list of numbers"
             ))
         })
 }
 
-fn hw(s: &str, what: &str) -> isquant::Result<(u32, u32)> {
+fn hw(s: &str, what: &str) -> crate::Result<(u32, u32)> {
     let parts: Vec<&str> = s.split(['x', 'X']).collect();
     let nums: Option<Vec<u32>> = parts.iter().map(|p| p.trim().parse().ok()).collect();
     match nums.as_deref() {
         Some([n]) => Ok((*n, *n)),
         Some([h, w]) => Ok((*h, *w)),
-        _ => Err(isquant::Error::Config(format!(
+        _ => Err(crate::Error::Config(format!(
             "{what} {s:?} is not N or HxW"
         ))),
     }
@@ -132,7 +131,7 @@ fn hw(s: &str, what: &str) -> isquant::Result<(u32, u32)> {
 
 impl InputArgs {
     /// The preprocessing: the preset's, with the flags given on top.
-    pub(super) fn preprocess(&self) -> isquant::Result<Preprocess> {
+    pub(super) fn preprocess(&self) -> crate::Result<Preprocess> {
         let mut p = self.preset.map(Preset::preprocess).unwrap_or_default();
         if let Some(r) = &self.resize {
             if r.contains(['x', 'X']) {
@@ -152,7 +151,7 @@ impl InputArgs {
         if let Some(sd) = &self.std {
             p.std = floats(sd, "--std")?;
             if p.std.contains(&0.0) {
-                return Err(isquant::Error::Config("--std may not contain 0".into()));
+                return Err(crate::Error::Config("--std may not contain 0".into()));
             }
         }
         if let Some(sc) = self.scale {
@@ -170,7 +169,7 @@ impl InputArgs {
         &self,
         model: &Model,
         input_shape: Option<&[usize]>,
-    ) -> isquant::Result<Vec<Option<usize>>> {
+    ) -> crate::Result<Vec<Option<usize>>> {
         Ok(match input_shape {
             Some(s) => s.iter().map(|&d| Some(d)).collect(),
             None => model.graph.single_input("validation")?.1,
@@ -208,23 +207,53 @@ impl InputArgs {
     }
 }
 
-pub(super) fn run(args: ValidateArgs) -> isquant::Result<ExitCode> {
+/// Where the inputs of a validation come from.
+pub(super) enum Inputs<'a> {
+    /// Files and folders (none: seeded synthetic inputs).
+    Files(&'a [PathBuf]),
+    /// Arrays in memory (the Python API), with labels by position.
+    Arrays {
+        /// The arrays: each a batch (the model input's rank) or one input (one dimension less).
+        arrays: &'a [super::api::Array],
+        /// One label per input, if given.
+        labels: Option<&'a [usize]>,
+    },
+}
+
+/// The models of a validation, loaded after checking that no output is one of the files they
+/// come from; also the files no metrics file may overwrite.
+pub(super) fn load_models(
+    float: &ModelInput,
+    int8: &ModelInput,
+    paths: &[PathBuf],
+    a: &InputArgs,
+) -> crate::Result<(crate::LoadedModel, crate::LoadedModel, Vec<PathBuf>)> {
     // No output may be an input or another output: checked before reading the models, and
     // again with their external data files.
-    let files = |float: Option<&isquant::LoadedModel>, int8: Option<&isquant::LoadedModel>| {
-        let mut inputs = model_files("the float model", &args.float, float);
-        inputs.extend(model_files("the int8 model", &args.int8, int8));
-        inputs.extend(input_files("an input", &args.inputs_paths));
+    let files = |f: Option<&crate::LoadedModel>, i: Option<&crate::LoadedModel>| {
+        let mut inputs = float.files("the float model", f);
+        inputs.extend(int8.files("the int8 model", i));
+        inputs.extend(input_files("an input", paths));
         let mut outputs = Vec::new();
-        args.inputs.files(&mut inputs, &mut outputs);
+        a.files(&mut inputs, &mut outputs);
         check_files(&inputs, &outputs)
     };
     files(None, None)?;
-    let float = isquant::load(&args.float)?;
-    let int8 = isquant::load(&args.int8)?;
-    files(Some(&float), Some(&int8))?;
-    let mut keep = float.source_files(&args.float);
-    keep.extend(int8.source_files(&args.int8));
+    let f = float.load()?;
+    let i = int8.load()?;
+    files(Some(&f), Some(&i))?;
+    let mut keep = float.source_files(&f);
+    keep.extend(int8.source_files(&i));
+    Ok((f, i, keep))
+}
+
+pub(super) fn run(args: ValidateArgs) -> crate::Result<u8> {
+    let (float, int8, keep) = load_models(
+        &ModelInput::Path(args.float.clone()),
+        &ModelInput::Path(args.int8.clone()),
+        &args.inputs_paths,
+        &args.inputs,
+    )?;
     run_validation(
         &float.model,
         &int8.model,
@@ -233,6 +262,139 @@ pub(super) fn run(args: ValidateArgs) -> isquant::Result<ExitCode> {
         None,
         &keep,
     )
+}
+
+/// A validation run, before anything is printed or written.
+pub(super) struct Measured {
+    /// The metrics.
+    pub(super) validation: Validation,
+    /// The inputs (for `--save-tensors`).
+    samples: Vec<Sample>,
+    /// The text the command line prints (no trailing newline).
+    pub(super) text: String,
+}
+
+/// Loads the inputs and runs both models on them. `progress(done, total)` hears each batch.
+pub(super) fn measure(
+    float: &Model,
+    int8: &Model,
+    inputs: &Inputs<'_>,
+    a: &InputArgs,
+    input_shape: Option<&[usize]>,
+    progress: &(dyn Fn(usize, usize) + Sync),
+) -> crate::Result<Measured> {
+    let p = a.preprocess()?;
+    let dims = a.dims(float, input_shape)?;
+    let (loaded, source) = match inputs {
+        Inputs::Files(paths) => {
+            let loaded = crate::inputs::load_samples(&a.source(paths, &p), &dims)?;
+            let source = source_label(paths, loaded.synthetic);
+            (loaded, source)
+        }
+        Inputs::Arrays { arrays, labels } => {
+            let samples = array_samples(arrays, *labels, dims.len())?;
+            let loaded = crate::inputs::given_samples(samples, &a.source(&[], &p), &dims)?;
+            (loaded, "inputs from arrays".to_string())
+        }
+    };
+    let batch = a.batch.unwrap_or(match dims.first() {
+        Some(Some(b)) => *b,
+        _ => 1,
+    });
+    let v = crate::validate::validate(
+        float,
+        int8,
+        &loaded.samples,
+        &ValidateOptions {
+            synthetic: loaded.synthetic,
+            batch,
+            per_layer: a.per_layer,
+            keep_outputs: a.save_tensors.is_some(),
+        },
+        progress,
+    )?;
+    let text = render(&v, &source).trim_end().to_string();
+    Ok(Measured {
+        validation: v,
+        samples: loaded.samples,
+        text,
+    })
+}
+
+/// The samples of arrays given in memory: an array of the model input's rank is a batch (split
+/// along its first axis), one of a dimension less is one input; `labels` go by position.
+fn array_samples(
+    arrays: &[super::api::Array],
+    labels: Option<&[usize]>,
+    rank: usize,
+) -> crate::Result<Vec<Sample>> {
+    let mut samples = Vec::new();
+    for (k, a) in arrays.iter().enumerate() {
+        let t = ndarray::ArrayD::from_shape_vec(a.shape.clone(), a.data.clone()).map_err(|e| {
+            crate::Error::Config(format!(
+                "array {k}: {} values do not fill the shape {:?}: {e}",
+                a.data.len(),
+                a.shape
+            ))
+        })?;
+        if rank > 0 && t.ndim() == rank {
+            samples.extend(t.outer_iter().map(|s| s.to_owned()));
+        } else if t.ndim() + 1 == rank {
+            samples.push(t);
+        } else {
+            return Err(crate::Error::Config(format!(
+                "array {k} has shape {:?}: the model input has {rank} dimensions, so give a batch of {rank} dimensions or one input of {}",
+                a.shape,
+                rank.saturating_sub(1)
+            )));
+        }
+    }
+    if let Some(l) = labels {
+        if l.len() != samples.len() {
+            return Err(crate::Error::Config(format!(
+                "{} labels for {} inputs: give one label per input",
+                l.len(),
+                samples.len()
+            )));
+        }
+    }
+    Ok(samples
+        .into_iter()
+        .enumerate()
+        .map(|(i, tensor)| Sample {
+            name: format!("array#{i}"),
+            tensor,
+            label: labels.and_then(|l| l.get(i).copied()),
+        })
+        .collect())
+}
+
+/// The metrics as JSON (what `--json` writes).
+pub(super) fn metrics_json(v: &Validation) -> crate::Result<Vec<u8>> {
+    serde_json::to_vec_pretty(v)
+        .map_err(|e| crate::Error::Config(format!("cannot encode JSON: {e}")))
+}
+
+/// Checks the thresholds, writes `--save-tensors` and `--json` (never over `protected`); the
+/// thresholds missed.
+pub(super) fn conclude(
+    m: &Measured,
+    a: &InputArgs,
+    protected: &[PathBuf],
+) -> crate::Result<Vec<String>> {
+    let thresholds = Thresholds {
+        min_agreement: a.min_agreement,
+        min_sqnr: a.min_sqnr,
+        max_accuracy_drop: a.max_accuracy_drop,
+    };
+    let failures = thresholds.failures(&m.validation)?;
+    if let Some(dir) = &a.save_tensors {
+        save_tensors(dir, &m.samples, &m.validation)?;
+    }
+    if let Some(path) = &a.json {
+        crate::write_file(path, &metrics_json(&m.validation)?, protected)?;
+    }
+    Ok(failures)
 }
 
 /// Loads the inputs, runs both models, prints the metrics and writes what was asked for;
@@ -244,51 +406,24 @@ pub(super) fn run_validation(
     a: &InputArgs,
     input_shape: Option<&[usize]>,
     protected: &[PathBuf],
-) -> isquant::Result<ExitCode> {
-    let p = a.preprocess()?;
-    let dims = a.dims(float, input_shape)?;
-    let loaded = isquant::inputs::load_samples(&a.source(paths, &p), &dims)?;
-    let batch = a.batch.unwrap_or(match dims.first() {
-        Some(Some(b)) => *b,
-        _ => 1,
-    });
+) -> crate::Result<u8> {
     let bar = ProgressBar::new();
-    let v = isquant::validate::validate(
+    let m = measure(
         float,
         int8,
-        &loaded.samples,
-        &ValidateOptions {
-            synthetic: loaded.synthetic,
-            batch,
-            per_layer: a.per_layer,
-            keep_outputs: a.save_tensors.is_some(),
-        },
+        &Inputs::Files(paths),
+        a,
+        input_shape,
         &|done, total| bar.show(done, total),
     )?;
     bar.finish();
-    out!(
-        "{}",
-        render(&v, &source_label(paths, loaded.synthetic)).trim_end()
-    );
-    let thresholds = Thresholds {
-        min_agreement: a.min_agreement,
-        min_sqnr: a.min_sqnr,
-        max_accuracy_drop: a.max_accuracy_drop,
-    };
-    let failures = thresholds.failures(&v)?;
-    if let Some(dir) = &a.save_tensors {
-        save_tensors(dir, &loaded.samples, &v)?;
-    }
-    if let Some(path) = &a.json {
-        let json = serde_json::to_vec_pretty(&v)
-            .map_err(|e| isquant::Error::Config(format!("cannot encode JSON: {e}")))?;
-        isquant::write_file(path, &json, protected)?;
-    }
+    out!("{}", m.text);
+    let failures = conclude(&m, a, protected)?;
     if failures.is_empty() {
-        Ok(ExitCode::SUCCESS)
+        Ok(EXIT_OK)
     } else {
         eprintln!("below threshold: {}", failures.join("; "));
-        Ok(ExitCode::from(1))
+        Ok(EXIT_BELOW_THRESHOLD)
     }
 }
 

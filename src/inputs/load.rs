@@ -123,6 +123,29 @@ pub fn load_samples(src: &InputSource<'_>, dims: &[Option<usize>]) -> Result<Loa
             }
         }
     }
+    finish(samples, src, dims, is_synthetic)
+}
+
+/// Samples already in memory (the Python API's arrays), limited, labeled and checked as
+/// [`load_samples`] does with the ones it loads (`src.paths` is not read).
+///
+/// # Errors
+/// A bad labels file; inputs whose shape differs from the model's; NaN or infinite values.
+pub fn given_samples(
+    samples: Vec<Sample>,
+    src: &InputSource<'_>,
+    dims: &[Option<usize>],
+) -> Result<Loaded> {
+    finish(samples, src, dims, false)
+}
+
+/// Applies the limit and the labels file, and checks the samples against `dims`.
+fn finish(
+    mut samples: Vec<Sample>,
+    src: &InputSource<'_>,
+    dims: &[Option<usize>],
+    is_synthetic: bool,
+) -> Result<Loaded> {
     if let Some(l) = src.limit {
         samples.truncate(l);
     }

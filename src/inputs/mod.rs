@@ -22,7 +22,9 @@ mod preset;
 
 pub use idx::{load_idx_images, load_idx_labels, read_idx};
 pub use images::load_image;
-pub use load::{calibration_batches, load_labels, load_samples, InputSource, Loaded};
+pub use load::{
+    calibration_batches, given_samples, load_labels, load_samples, InputSource, Loaded,
+};
 pub use preset::{Layout, Preset};
 
 /// How images become tensors.
