@@ -1,0 +1,5 @@
+"""``python -m isquant ...``: the ``isquant`` command."""
+
+from ._cli import main
+
+main()
