@@ -26,11 +26,18 @@ objects.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 from json import loads as _json_loads
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING
 
 from . import _isquant
+
+if TYPE_CHECKING:  # typing and dataclasses are not imported at run time: `import isquant` stays fast
+    from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+    PathLike = Union[str, os.PathLike[str]]
+    #: A model: a path, the bytes of an encoded ModelProto, or an onnx.ModelProto.
+    Model = Union[PathLike, bytes, Any]
+    Progress = Callable[[str], Any]
 
 __version__: str = _isquant.__version__
 
@@ -51,12 +58,6 @@ __all__ = [
     "GuardFailedError",
     "__version__",
 ]
-
-PathLike = Union[str, "os.PathLike[str]"]
-#: A model: a path, the bytes of an encoded ModelProto, or an onnx.ModelProto.
-Model = Union[PathLike, bytes, Any]
-Progress = Callable[[str], Any]
-
 
 # ---------------------------------------------------------------------------------------------
 # Errors
@@ -142,38 +143,62 @@ def _call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
 # Results
 
 
-@dataclass(frozen=True)
-class Validation:
-    """Float and int8 compared in tract (what ``isquant validate`` measures)."""
+class _Record:
+    """Fields set once, compared by value, shown by name (a small frozen dataclass)."""
 
-    #: The metrics, as ``--json`` writes them.
+    __slots__ = ()
+
+    def __init__(self, *values: Any) -> None:
+        for name, value in zip(self.__slots__, values):
+            object.__setattr__(self, name, value)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(f"{type(self).__name__} is read-only")
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and all(
+            getattr(self, n) == getattr(other, n) for n in self.__slots__
+        )
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{n}={getattr(self, n)!r}" for n in self.__slots__)
+        return f"{type(self).__name__}({fields})"
+
+
+class Validation(_Record):
+    """Float and int8 compared in tract (what ``isquant validate`` measures).
+
+    ``metrics``: the metrics as ``--json`` writes them (a dict); ``summary``: the text the
+    command line prints; ``failures``: the thresholds missed (empty: passed)."""
+
+    __slots__ = ("metrics", "summary", "failures")
     metrics: Dict[str, Any]
-    #: The text the command line prints.
     summary: str
-    #: The thresholds missed (empty: passed).
-    failures: List[str] = field(default_factory=list)
+    failures: List[str]
 
     @property
     def passed(self) -> bool:
         return not self.failures
 
 
-@dataclass(frozen=True, repr=False)
-class Result:
-    """What `quantize` made."""
+class Result(_Record):
+    """What `quantize` made.
 
-    #: The int8 model (encoded ModelProto): the bytes ``isquant quantize -o`` writes with the
-    #: same options (with ``external_data=True`` the file keeps its weights apart; these bytes
-    #: hold every tensor inline).
+    ``model``: the int8 model (an encoded ModelProto), the bytes ``isquant quantize -o``
+    writes with the same options (with ``external_data=True`` the file keeps its weights
+    apart; these bytes hold every tensor inline). ``report``: the JSON report (what
+    ``--report`` writes) as a dict. ``summary``: the summary and the guard's lines, as the
+    command line prints them. ``validation``: the `Validation`, when ``validate`` or
+    ``validate_inputs`` was given. ``output``: where the model was written, if anywhere."""
+
+    __slots__ = ("model", "report", "summary", "validation", "output")
     model: bytes
-    #: The JSON report (what ``--report`` writes) as a dict.
     report: Dict[str, Any]
-    #: The summary and the guard's lines, as the command line prints them.
     summary: str
-    #: The validation, when ``validate`` or ``validate_inputs`` was given.
-    validation: Optional[Validation] = None
-    #: Where the model was written (the ``output`` argument), if anywhere.
-    output: Optional[str] = None
+    validation: Optional[Validation]
+    output: Optional[str]
 
     def __repr__(self) -> str:
         layers = len(self.report.get("layers", []))
@@ -186,13 +211,12 @@ class Result:
             f.write(self.model)
 
 
-@dataclass(frozen=True)
-class Inspection:
-    """What ``isquant inspect`` reports on a model."""
+class Inspection(_Record):
+    """What ``isquant inspect`` reports on a model: ``report`` (``--json``, a dict) and
+    ``summary`` (the text)."""
 
-    #: The report (``isquant inspect --json``) as a dict.
+    __slots__ = ("report", "summary")
     report: Dict[str, Any]
-    #: The text ``isquant inspect`` prints.
     summary: str
 
 
