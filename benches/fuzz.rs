@@ -51,9 +51,15 @@ fn main() {
         let t = Instant::now();
         let q = fuzz::run_quantize(&seeds, q_cases, 0x15_0A_18);
         println!(
-            "fuzz quantize: {} structured mutants in {:.1?}: {} quantized, {} rejected with an error, {} panics; slowest case {:.2?}",
-            q.cases, t.elapsed(), q.quantized, q.rejected, q.panics, q.slowest
+            "fuzz quantize: {} structured mutants in {:.1?}: {} quantized, {} rejected with an error, {} panics; slowest case {:.2?} (case {})",
+            q.cases, t.elapsed(), q.quantized, q.rejected, q.panics, q.slowest, q.slowest_case
         );
+        for (i, secs) in &q.slow_cases {
+            println!("  case {i} took {secs:.1} s");
+        }
+        for (i, kb) in &q.memory_steps {
+            println!("  peak memory {kb} kB after the chunk from case {i}");
+        }
         for (i, msg) in &q.panic_cases {
             println!("  panic in case {i}: {msg}");
         }

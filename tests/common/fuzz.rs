@@ -335,8 +335,27 @@ pub struct QuantizeCounts {
     pub rejected: usize,
     pub panics: usize,
     pub slowest: std::time::Duration,
+    /// The slowest case's index (replay it with `ISQUANT_FUZZ_FROM`).
+    pub slowest_case: usize,
+    /// The first few cases over 20 s: (case index, seconds).
+    pub slow_cases: Vec<(usize, f64)>,
+    /// Chunks after which the process's peak memory grew by 256 MB or more:
+    /// (first case of the chunk, peak kB after it).
+    pub memory_steps: Vec<(usize, u64)>,
     /// The first few panics: (case index, message).
     pub panic_cases: Vec<(usize, String)>,
+}
+
+/// The process's peak resident memory (VmHWM), kB; 0 where /proc is not there.
+pub fn peak_kb() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        })
+        .unwrap_or(0)
 }
 
 /// Runs `n` structured mutants of `seeds` (fixture bytes) through [`exercise_quantize`], in
@@ -395,9 +414,20 @@ pub fn run_quantize(seeds: &[Vec<u8>], n: usize, seed: u64) -> QuantizeCounts {
                 c.panics
             );
         }
+        let first = results.first().map_or(0, |r| r.0);
+        let hwm = peak_kb();
+        if hwm >= c.memory_steps.last().map_or(0, |m| m.1) + 256 * 1024 {
+            c.memory_steps.push((first, hwm));
+        }
         for (i, took, r) in results {
             c.cases += 1;
-            c.slowest = c.slowest.max(took);
+            if took > c.slowest {
+                c.slowest = took;
+                c.slowest_case = i;
+            }
+            if took.as_secs_f64() > 20.0 && c.slow_cases.len() < 10 {
+                c.slow_cases.push((i, took.as_secs_f64()));
+            }
             match r {
                 Ok(true) => c.quantized += 1,
                 Ok(false) => c.rejected += 1,
