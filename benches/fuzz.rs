@@ -5,7 +5,8 @@
 //! and then 10,000 structured mutants through `quantize` end to end, tract included
 //! (`ISQUANT_FUZZ_QUANTIZE` to change; 0 skips it). Prints the totals, the slowest quantize
 //! case and the process's peak memory (VmHWM); exits 1 on any panic. `ISQUANT_FUZZ_PROGRESS=1`
-//! prints the count every 256 quantize cases.
+//! prints the count every 256 quantize cases; `ISQUANT_FUZZ_FROM=k` skips the cases before k and
+//! `ISQUANT_FUZZ_SAVE=dir` writes each case run to `dir/case-<i>.onnx`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 

@@ -6,6 +6,7 @@
 //! | limit | default | raise with |
 //! |---|---|---|
 //! | elements of one batch of inputs the tool makes or loads (noise pass, guard, synthetic inputs, one image) | 2^28 (1 GiB of f32) | `ISQUANT_MAX_ELEMENTS` |
+//! | values one tract run computes (every node's output elements, summed) | 4 × the element limit (2^30) | `ISQUANT_MAX_ELEMENTS` |
 //! | `--noise-batch` | 4,096 | fixed |
 //! | `--synthetic` | 100,000 | fixed |
 //! | image width or height (decoded or resized) | 32,768 pixels | fixed |
@@ -13,6 +14,13 @@
 //!
 //! The element limit is about memory, not about what models may be: a 640×640 detector's
 //! 32-image noise batch is 39 M elements, a 4K RGB image 25 M.
+//!
+//! The forward-pass limit bounds the work and activation memory of one run, which the input
+//! size alone does not: a text-line classifier fed one 30,000×255 image computes 1.59 G values
+//! per run, and quantizing it took 49 s and 2.9 GB (found by the quantize fuzzer). For scale,
+//! measured on tract's optimized graphs: the PP-OCRv4 detector at 640×640 computes 0.16 G
+//! values per run (the noise pass's copy, which keeps every layer input), so at 960×960 about
+//! 0.37 G and at 1280×1280 0.66 G, all within the limit; its recogniser at 48×320 0.04 G.
 
 use std::sync::OnceLock;
 
@@ -68,6 +76,27 @@ fn over(what: &str, value: u128, limit: u128) -> Error {
         limit,
         raise: RAISE,
     }
+}
+
+/// Checks that one tract run at `shapes` (the input shapes, as text) computes at most
+/// 4 × [`max_elements`] values (`values`: every node's output elements, summed).
+///
+/// # Errors
+/// [`Error::Limit`] naming the input shapes, with a hint to run a smaller shape.
+pub fn forward_values(shapes: &str, values: u128) -> Result<()> {
+    let limit = max_elements().saturating_mul(4);
+    if values > limit {
+        return Err(Error::Limit {
+            what: format!(
+                "one run of the model at input shape {shapes} (a smaller shape with --input-shape, where the model allows it) computes"
+            ),
+            unit: "values",
+            value: values,
+            limit,
+            raise: RAISE,
+        });
+    }
+    Ok(())
 }
 
 /// `value` of the option `flag` if it is at most `limit`.
@@ -137,6 +166,17 @@ mod tests {
         // 2^31 × 2^31 × 2^31 × 2^31 overflows u128 in no step of a naive product; a few more do
         assert!(elements("x", usize::MAX, &[usize::MAX, usize::MAX, usize::MAX]).is_err());
         assert!(elements("x", 1, &[0, 5]).is_ok());
+    }
+
+    #[test]
+    fn a_forward_pass_is_limited_to_four_times_the_element_budget() {
+        let limit = 4 * max_elements();
+        assert!(forward_values("[1, 3, 640, 640]", limit).is_ok());
+        let e = forward_values("[1, 3, 30000, 255]", limit + 1).unwrap_err();
+        let text = e.to_string();
+        assert!(text.contains("[1, 3, 30000, 255]"), "{text}");
+        assert!(text.contains("values"), "{text}");
+        assert!(text.contains("ISQUANT_MAX_ELEMENTS"), "{text}");
     }
 
     #[test]

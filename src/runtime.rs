@@ -96,6 +96,30 @@ fn avoid_amx_int8_kernels() {
     });
 }
 
+/// The values one run of `model` computes: the sum of every node's output elements (those
+/// with a known shape). tract frees a value after its last use, so this bounds the activation
+/// memory of a run from above, and it grows with the work a run does.
+fn computed_values(model: &TypedModel) -> u128 {
+    model
+        .nodes()
+        .iter()
+        .flat_map(|n| n.outputs.iter())
+        .filter_map(|o| o.fact.shape.as_concrete())
+        .map(|dims| dims.iter().fold(1u128, |a, &d| a.saturating_mul(d as u128)))
+        .fold(0u128, u128::saturating_add)
+}
+
+fn shapes_text(shapes: &[Vec<usize>]) -> String {
+    let one: Vec<String> = shapes
+        .iter()
+        .map(|s| {
+            let d: Vec<String> = s.iter().map(ToString::to_string).collect();
+            format!("[{}]", d.join(", "))
+        })
+        .collect();
+    one.join(" and ")
+}
+
 impl TractModel {
     /// Loads a model and optimizes it for f32 inputs of the given shapes.
     ///
@@ -123,9 +147,11 @@ impl TractModel {
                 .with_input_fact(i, f32::fact(shape).into())
                 .map_err(tract_err(format!("set the shape of input {i}")))?;
         }
-        let plan = model
+        let model = model
             .into_optimized()
-            .map_err(tract_err("optimize the model"))?
+            .map_err(tract_err("optimize the model"))?;
+        crate::limits::forward_values(&shapes_text(input_shapes), computed_values(&model))?;
+        let plan = model
             .into_runnable()
             .map_err(tract_err("prepare the model to run"))?;
         Ok(TractModel { plan })

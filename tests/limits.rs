@@ -174,3 +174,35 @@ fn a_huge_fixed_batch_asks_for_input_shape() {
     );
     assert!(r.stderr.contains("--input-shape 8,1,28,28"), "{}", r.stderr);
 }
+
+/// A text-line classifier given one 30,000×255 image computed 1.59 G values per tract run:
+/// quantizing it took 49 s and 2.9 GB (fuzz case 94492). One run's work is now bounded (the
+/// sum of every node's output elements, 4 × the element budget) and the shape named.
+#[test]
+fn the_work_of_one_forward_pass_is_bounded() {
+    let t = std::time::Instant::now();
+    quantize_rejects(
+        "ppocr-textline-cls.onnx",
+        &["--input-shape", "1,3,30000,255", "--noise-batch", "4"],
+        &[
+            "one run of the model at input shape [1, 3, 30000, 255]",
+            "values, over the limit of 1073741824",
+            "ISQUANT_MAX_ELEMENTS",
+        ],
+    );
+    // Refused before the slow part, not after it (a generous bound: it takes ~4 s in release).
+    assert!(t.elapsed().as_secs() < 120, "{:?}", t.elapsed());
+    // The classifier at its own size is well within the limit.
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("q.onnx");
+    let model = fixture("ppocr-textline-cls.onnx");
+    let r = isquant(&[
+        "quantize",
+        model.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--input-shape",
+        "1,3,48,192",
+    ]);
+    assert!(r.code == 0 || r.code == 3, "{}", r.stderr);
+}

@@ -393,6 +393,13 @@ pub fn run_quantize(seeds: &[Vec<u8>], n: usize, seed: u64) -> QuantizeCounts {
         if chunk.is_empty() {
             continue;
         }
+        // `ISQUANT_FUZZ_SAVE=dir` writes each case run as `dir/case-<i>.onnx` (to look at a
+        // slow or failing case with the CLI).
+        if let Some(dir) = std::env::var_os("ISQUANT_FUZZ_SAVE") {
+            for (i, bytes) in &chunk {
+                let _ = std::fs::write(Path::new(&dir).join(format!("case-{i}.onnx")), bytes);
+            }
+        }
         let results: Vec<(usize, std::time::Duration, Result<bool, String>)> = chunk
             .par_iter()
             .map(|(i, bytes)| {
