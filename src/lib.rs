@@ -26,6 +26,7 @@ pub mod graph;
 pub mod guard;
 pub mod inputs;
 pub mod inspect;
+pub mod latency;
 pub mod limits;
 pub mod metrics;
 pub mod onnx;

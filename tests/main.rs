@@ -5,6 +5,7 @@
 mod common;
 
 mod bad_input;
+mod bench;
 mod equalize;
 mod external;
 mod fold_bn;

@@ -16,6 +16,7 @@
 //! failed.
 
 pub mod api;
+mod bench;
 mod convert;
 mod inspect;
 mod quantize;
@@ -138,6 +139,7 @@ Examples:
   isquant inspect model.onnx --json > model.json
   isquant convert model.onnx -o copy.onnx
   isquant convert big.onnx -o big-ext.onnx --external-data
+  isquant bench mnv2.onnx mnv2-int8.onnx
 
 Exit codes: 0 success, 1 validation below threshold / check found broken rules,
 2 error (bad input, bad flags, I/O), 3 model written but the accuracy guard failed.";
@@ -183,6 +185,10 @@ enum Command {
         after_help = "Example:\n  isquant fold-bn fixtures/fmnist-small-bn.onnx -o folded.onnx"
     )]
     FoldBn(convert::ConvertArgs),
+    /// Time models in tract side by side (one thread, interleaved runs) and print each one's
+    /// latency and its ratio to the first: e.g. the int8 model against its float model.
+    #[command(after_help = bench::EXAMPLES)]
+    Bench(bench::BenchArgs),
 }
 
 /// Runs one command; the exit code on success (1: a threshold or rule check failed, 3: the
@@ -198,6 +204,7 @@ fn run(cli: Cli) -> crate::Result<u8> {
         Command::Inspect(args) => inspect::inspect(&args),
         Command::Convert(args) => convert::convert(&args),
         Command::FoldBn(args) => convert::fold_bn(&args),
+        Command::Bench(args) => bench::run(&args),
     }
 }
 
