@@ -440,3 +440,77 @@ fn summary_json_and_check_name_the_faster_form() {
     assert_eq!(report["deploy"]["format"], "qdq-u8 --qdq-outputs all");
     assert!(!check.contains("speed:"), "{check}");
 }
+
+/// `--qdq-outputs all`: every QuantizeLinear has one DequantizeLinear reader, so ONNX Runtime
+/// turns every int8 pair into uint8 and fuses every convolution (a residual tensor read by a
+/// Conv and an Add kept int8 and left 15 of MobileNetV2's 52 Convs float). The per-reader
+/// `Q_i` behind a one-input `Sum` must compute exactly the shared Q's integers.
+#[test]
+fn all_outputs_give_each_quantize_linear_one_reader_and_requantize_exactly() {
+    let name = "ppocr-textline-cls.onnx";
+    for format in [Format::QdqU8, Format::Qdq] {
+        let m = quantized_with(
+            name,
+            QuantizeConfig {
+                format,
+                qdq_outputs: QdqOutputs::All,
+                ..QuantizeConfig::default()
+            },
+        );
+        let mut model = Model::from_proto(m).unwrap();
+        let g = &model.graph;
+        let consumers = g.consumers();
+        let producers = g.producers();
+        let outputs: std::collections::HashSet<&str> =
+            g.outputs.iter().filter_map(|o| o.name.as_deref()).collect();
+        let read = |v: &str| consumers.contains_key(v) || outputs.contains(v);
+        let mut pairs = Vec::new();
+        for n in g.nodes.iter().filter(|n| n.is("QuantizeLinear")) {
+            let readers: Vec<usize> = consumers
+                .get(n.outputs[0].as_str())
+                .cloned()
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|&r| read(&g.nodes[r].outputs[0]))
+                .collect();
+            assert!(
+                readers.len() <= 1,
+                "{format:?}: {} has {} readers",
+                n.name,
+                readers.len()
+            );
+            // A Q behind a fan-out Sum: Sum ← DQ ← the shared Q.
+            let Some(&sum) = producers.get(n.inputs[0].as_str()) else {
+                continue;
+            };
+            if !g.nodes[sum].is("Sum") {
+                continue;
+            }
+            let dq = producers[g.nodes[sum].inputs[0].as_str()];
+            assert!(g.nodes[dq].is("DequantizeLinear"), "{}", g.nodes[dq].name);
+            pairs.push((g.nodes[dq].inputs[0].clone(), n.outputs[0].clone()));
+        }
+        assert!(pairs.len() >= 7, "{format:?}: {} fan-out Qs", pairs.len());
+        // Run with every shared Q and every per-reader Q as outputs: equal integers.
+        let names: Vec<String> = pairs
+            .iter()
+            .flat_map(|(a, b)| [a.clone(), b.clone()])
+            .collect();
+        model.graph.outputs = names
+            .iter()
+            .map(|v| pb::ValueInfoProto {
+                name: Some(v.clone()),
+                ..Default::default()
+            })
+            .collect();
+        let x = seeded_uniform(&[1, 3, 48, 192], 5, -1.0, 1.0);
+        let got = run_all(&model.to_proto(), std::slice::from_ref(&x));
+        for (k, (shared, own)) in pairs.iter().enumerate() {
+            assert_eq!(
+                got[2 * k],
+                got[2 * k + 1],
+                "{format:?}: {own} differs from {shared}"
+            );
+        }
+    }
+}

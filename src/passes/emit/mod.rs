@@ -467,6 +467,7 @@ pub fn emit(
     }
     if format.is_qdq() && placement == QdqOutputs::All {
         qdq::dequantize_add_inputs(&mut e);
+        qdq::one_dequantize_per_q(&mut e);
     }
     let nodes = std::mem::take(&mut e.nodes);
     graph.nodes = nodes;

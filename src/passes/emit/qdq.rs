@@ -173,6 +173,121 @@ pub(super) fn dequantize_add_inputs(e: &mut Emitter<'_>) {
     }
 }
 
+/// `--qdq-outputs all`: a quantized tensor read by several layers gets one `Q → DQ` per reader,
+/// behind a one-input `Sum` of the shared DQ, so every QuantizeLinear has exactly one
+/// DequantizeLinear edge:
+///
+/// ```text
+/// y → Q → DQ → Sum → Q_1 → DQ_1 → reader 1
+///                  → Q_2 → DQ_2 → reader 2
+/// ```
+///
+/// Why: ONNX Runtime (CPU, x86) turns int8 activations into uint8 (its S8-to-U8 transform) only
+/// where a QuantizeLinear has a single DequantizeLinear edge, and it first gives every reader
+/// its own DQ; a residual tensor (read by the next Conv and by the Add) then stays int8 while
+/// its neighbours become uint8, and the Convs between mixed types are not fused. On
+/// MobileNetV2 (`--format qdq --qdq-outputs all`) 15 of 52 Convs stayed float, and ONNX
+/// Runtime's own symmetric quantizer leaves the same 15. `Q_i` has its own scale and
+/// zero-point initializers (same values, new names): identical ones would be merged back into
+/// one node. The one-input `Sum` is an identity that ONNX Runtime does not remove (an
+/// `Identity` is removed and the Qs merged; a `Reshape` breaks its NCHWc layout).
+///
+/// Exact: `DQ_i(Q_i(DQ(q))) = DQ(q)` (`q·s` divided by `s` rounds back to `q` for every
+/// 8-bit `q`), so the model computes the same values.
+pub(super) fn one_dequantize_per_q(e: &mut Emitter<'_>) {
+    // A DQ counts when its output is read (a DQ written for a value no node reads is dropped
+    // by every runtime and needs no Q of its own).
+    let mut read: std::collections::HashSet<&str> = e
+        .nodes
+        .iter()
+        .flat_map(|n| n.inputs.iter().map(String::as_str))
+        .collect();
+    read.extend(e.graph.outputs.iter().filter_map(|o| o.name.as_deref()));
+    let mut readers: HashMap<String, Vec<usize>> = HashMap::new();
+    for (i, n) in e.nodes.iter().enumerate() {
+        let used = n.outputs.first().is_some_and(|o| read.contains(o.as_str()));
+        if n.is("DequantizeLinear") && used {
+            if let Some(q) = n.inputs.first() {
+                readers.entry(q.clone()).or_default().push(i);
+            }
+        }
+    }
+    let shared: Vec<(usize, Vec<usize>)> = e
+        .nodes
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| n.is("QuantizeLinear"))
+        .filter_map(|(i, n)| {
+            let dqs = readers.get(n.outputs.first()?)?;
+            (dqs.len() > 1).then(|| (i, dqs.clone()))
+        })
+        .collect();
+    for (qi, dqs) in shared {
+        let q = e.nodes[qi].clone();
+        let (Some(s), Some(z)) = (q.inputs.get(1).cloned(), q.inputs.get(2).cloned()) else {
+            continue;
+        };
+        let (Some(s_t), Some(z_t)) = (
+            e.graph.initializer(&s).cloned(),
+            e.graph.initializer(&z).cloned(),
+        ) else {
+            continue;
+        };
+        let base = base_name(&q);
+        // The first DQ stays and feeds the Sum; every DQ (the first included) then reads its own Q.
+        let Some(first_out) = e.nodes[dqs[0]].outputs.first().cloned() else {
+            continue;
+        };
+        let shared_dq = e.names.fresh(&first_out, "_shared");
+        e.nodes[dqs[0]].outputs[0] = shared_dq.clone();
+        let sum_out = e.names.fresh(&shared_dq, "_sum");
+        e.node(
+            "Sum",
+            &base,
+            "_fanout",
+            vec![shared_dq.clone()],
+            sum_out.clone(),
+        );
+        let first = e.nodes[dqs[0]].clone();
+        let mut targets: Vec<(usize, String)> = vec![(usize::MAX, first_out)];
+        targets.extend(
+            dqs[1..]
+                .iter()
+                .filter_map(|&d| e.nodes[d].outputs.first().map(|o| (d, o.clone()))),
+        );
+        for (k, (d, out)) in targets.into_iter().enumerate() {
+            let s_k = e.names.fresh(&s, &format!("_reader{k}"));
+            let z_k = e.names.fresh(&z, &format!("_reader{k}"));
+            let mut st = s_t.clone();
+            st.name = Some(s_k.clone());
+            let mut zt = z_t.clone();
+            zt.name = Some(z_k.clone());
+            e.graph.set_initializer(st);
+            e.graph.set_initializer(zt);
+            let q_k = e.names.fresh(&shared_dq, &format!("_requantized{k}"));
+            e.node(
+                "QuantizeLinear",
+                &base,
+                &format!("_reader{k}"),
+                vec![sum_out.clone(), s_k.clone(), z_k.clone()],
+                q_k.clone(),
+            );
+            let dq = Node::new(
+                "DequantizeLinear",
+                e.names.fresh(&first.name, &format!("_reader{k}")),
+                vec![q_k, s_k, z_k],
+                vec![out],
+            );
+            if d == usize::MAX {
+                e.nodes.push(dq);
+            } else {
+                // Replaces the reader's own DQ (same output name, so the reader is untouched).
+                e.nodes[d] = dq;
+            }
+        }
+    }
+}
+
 /// Emits one layer in a Q/DQ format; returns its row of the layer table.
 pub(super) fn emit_qdq(
     e: &mut Emitter<'_>,
