@@ -72,7 +72,7 @@ fn equalization_keeps_every_fixture_float_exact() {
 }
 
 /// Conv (4 channels with very different ranges) → Clip(0, 6) → depthwise → Relu → Conv.
-fn relu6_chain() -> isquant::onnx::pb::ModelProto {
+pub fn relu6_chain() -> isquant::onnx::pb::ModelProto {
     use crate::common::build::{ints, Builder};
     let mut b = Builder::new(13).input("x", &[1, 3, 8, 8]);
     let mut w1 = crate::common::build::seeded(4 * 3 * 9, 5);

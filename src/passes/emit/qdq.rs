@@ -109,7 +109,27 @@ pub(super) fn output_quants(
         if let (false, [r]) = (y_is_output, readers.as_slice()) {
             let act = &graph.nodes[*r];
             if let (Some(hi), Some(a_out)) = (clamp(act), act.outputs.first()) {
-                if let Some((scale, unsigned)) = readers_q(a_out) {
+                // The readers quantize the activation's output, or that of one `Min` with a
+                // constant after it (equalization's per-channel ReLU6 bound). The Q after the
+                // layer is exact there too: rounding is monotone, so
+                // `Q(min(relu(DQ(Q(y))), c)) = Q(min(relu(y), c))` at one scale.
+                let then_min = || -> Option<&str> {
+                    if graph_outputs.contains(a_out.as_str()) {
+                        return None;
+                    }
+                    let [m] = consumers.get(a_out.as_str())?.as_slice() else {
+                        return None;
+                    };
+                    let m = &graph.nodes[*m];
+                    let bound = (m.is("Min") && m.inputs.len() == 2 && m.inputs[0] == *a_out)
+                        .then(|| graph.constant_f32(&m.inputs[1], &producers).ok().flatten())??;
+                    bound
+                        .iter()
+                        .all(|b| b.is_finite())
+                        .then(|| m.outputs.first().map(String::as_str))?
+                };
+                let quantized = readers_q(a_out).or_else(|| then_min().and_then(readers_q));
+                if let Some((scale, unsigned)) = quantized {
                     let q_hi = f64::from(scale) * 255.0;
                     let absorb = (unsigned && unsigned_ok && q_hi <= hi + 1e-6 * hi.abs().max(1.0))
                         .then(|| (*r, a_out.clone()));
