@@ -25,14 +25,17 @@
 //! A `Q → DQ` after a layer lets runtimes fuse `DQ → Conv → Q`; where it goes is
 //! [`QdqOutputs`]:
 //! - `exact` (default): only when every reader of the output is a quantized layer with the same
-//!   input scale, directly or through one Relu / Clip(lo ≥ 0) whose readers all are. The Q is
-//!   then the one those layers apply anyway (`Q(clip(DQ(Q(y)))) = Q(clip(y))`: rounding is
-//!   monotone, so it commutes with the clamp), so the model computes what `convinteger`
+//!   input scale, directly or through one Relu / Clip(lo ≥ 0) whose readers all are (or through
+//!   such an activation and one `Min` with a constant: equalization's per-channel ReLU6). The
+//!   Q is then the one those layers apply anyway (`Q(clip(DQ(Q(y)))) = Q(clip(y))` and
+//!   `Q(min(relu(DQ(Q(y))), c)) = Q(min(relu(y), c))`: rounding is monotone, so it commutes
+//!   with clamps and constant bounds), so the model computes what `convinteger`
 //!   computes up to float summation order: fed the same quantized inputs, every tensor is
 //!   within one step.
 //! - `all`: also after every other layer with a known output range, and both inputs of
 //!   residual Adds read a DQ, so every convolution fuses; these extra roundings are not in
-//!   the integer format.
+//!   the integer format. A quantized tensor with several readers gets one `Q → DQ` per
+//!   reader ([`qdq::one_dequantize_per_q`]: what ONNX Runtime needs to fuse them).
 //!
 //! The last node writes the original output name, so consumers are untouched. Every
 //! QuantizeLinear gets an explicit zero-point initializer of the intended type (tract ignores

@@ -25,7 +25,8 @@ pub(super) struct OutQ {
 /// For Q/DQ formats: the `Q → DQ` after each layer output `y`, so runtimes see
 /// `DQ → Conv → Q`. Scale, in order of preference: the input scale of the quantized layers
 /// reading `y` directly (they then share this QuantizeLinear: one Q per tensor); the input
-/// scale of the layers reading it through one Relu / Clip(≥ 0) (values it clips are zeroed by
+/// scale of the layers reading it through one Relu / Clip(≥ 0), or through one such activation
+/// and one `Min` with a constant (values it clips are zeroed by
 /// the activation anyway; with `qdq-u8` the uint8 Q *is* the activation, which is removed
 /// when its upper bound is not below the Q's); the layer's own output range. Graph outputs
 /// stay float.
