@@ -35,7 +35,7 @@
 //! - `all`: also after every other layer with a known output range, and both inputs of
 //!   residual Adds read a DQ, so every convolution fuses; these extra roundings are not in
 //!   the integer format. A quantized tensor with several readers gets one `Q → DQ` per
-//!   reader ([`qdq::one_dequantize_per_q`]: what ONNX Runtime needs to fuse them).
+//!   reader (`qdq::one_dequantize_per_q`: what ONNX Runtime needs to fuse them).
 //!
 //! The last node writes the original output name, so consumers are untouched. Every
 //! QuantizeLinear gets an explicit zero-point initializer of the intended type (tract ignores
