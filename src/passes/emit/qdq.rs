@@ -203,7 +203,8 @@ pub(super) fn dequantize_add_inputs(e: &mut Emitter<'_>) {
 ///                  → Q_2 → DQ_2 → reader 2
 /// ```
 ///
-/// Why: ONNX Runtime (CPU, x86) turns int8 activations into uint8 (its S8-to-U8 transform) only
+/// Only int8 tensors (uint8 ones need no conversion). Why: ONNX Runtime (CPU, x86) turns int8
+/// activations into uint8 (its S8-to-U8 transform) only
 /// where a QuantizeLinear has a single DequantizeLinear edge, and it first gives every reader
 /// its own DQ; a residual tensor (read by the next Conv and by the Add) then stays int8 while
 /// its neighbours become uint8, and the Convs between mixed types are not fused. On
@@ -254,6 +255,11 @@ pub(super) fn one_dequantize_per_q(e: &mut Emitter<'_>) {
         ) else {
             continue;
         };
+        // uint8 pairs need no conversion and fuse as they are (ResNet-50's residual tensors,
+        // after Relu, are uint8 in `qdq-u8`); a fan-out there only adds float work.
+        if z_t.data_type != Some(crate::onnx::DataType::Int8 as i32) {
+            continue;
+        }
         let base = base_name(&q);
         // The first DQ stays and feeds the Sum; every DQ (the first included) then reads its own Q.
         let Some(first_out) = e.nodes[dqs[0]].outputs.first().cloned() else {
