@@ -4,10 +4,13 @@ Models: a ResNet-50 (torchvision v1.5 layout, Conv+BN+Relu, random seeded weight
 BN statistics, 25.6 M parameters), generated here with onnx.helper, and the real MobileNetV2
 (../shared/models/mobilenetv2-imagenet-bn.onnx) when present.
 
-For each model: isquant quantize --format convinteger | convinteger-u8 | qdq | qdq-u8, and the
-Q/DQ formats again with --qdq-outputs all (--preset imagenet, so every layer is quantized), ORT's quantize_static (QDQ, int8/int8,
-per-tensor, calibrated on 8 random inputs), then median latency of 1x3x224x224 inference in
-ONNX Runtime with 1 and 2 intra-op threads, and in tract (1 thread) for float vs convinteger.
+For each model: isquant quantize --format convinteger | convinteger-u8 | qdq | qdq-u8 |
+qdq --qdq-outputs all, --target ort and --target tensorrt (--preset imagenet, so every layer is
+quantized), ORT's quantize_static (QDQ, int8/int8, per-tensor, calibrated on 8 random inputs);
+then per row: how many convolutions ONNX Runtime runs in integers (QLinearConv in its optimized
+graph), the median latency of 1x3x224x224 inference in ONNX Runtime with 1 and 2 intra-op
+threads and in tract (1 thread), and, for MobileNetV2 when ../shared/data is there, the SQNR of
+the logits against float on the 300 ImageNet views (tools/eval/eval.py).
 
 Usage: python tools/formats/bench.py [--runs 20] [--out target/bench-formats]
 Needs: onnx, onnxruntime, numpy, sympy (pip), target/release/isquant and
@@ -142,43 +145,82 @@ def fmt(v, base=None):
     return f"{v:.1f} ms" + (f" ({v / base:.2f}x)" if base else "")
 
 
+def fused_convs(path):
+    """Convolutions ONNX Runtime runs in integers: `QLinearConv` nodes of its optimized graph
+    (ORT_ENABLE_ALL, CPU), and the float `Conv`/`FusedConv` nodes left, as "int/all"."""
+    o = ort.SessionOptions()
+    o.log_severity_level = 3
+    o.intra_op_num_threads = 1
+    o.optimized_model_filepath = path + ".ort-optimized.onnx"
+    try:
+        ort.InferenceSession(path, o, providers=["CPUExecutionProvider"])
+    except Exception:  # noqa: BLE001 - the latency column reports the failure
+        return "–"
+    ops = [n.op_type for n in onnx.load(o.optimized_model_filepath).graph.node]
+    q = ops.count("QLinearConv") + ops.count("ConvInteger")
+    f = ops.count("Conv") + ops.count("FusedConv")
+    return f"{q}/{q + f}"
+
+
+def real_sqnr(float_path, paths):
+    """SQNR (dB) of each model's logits against the float model's on the 300 ImageNet views of
+    ../shared/data (tools/eval/eval.py, dataset imagenet-agreement), or {} without the data."""
+    sys.path.insert(0, os.path.join(ROOT, "tools", "eval"))
+    try:
+        import eval as ev  # noqa: PLC0415 - optional, needs ../shared/data
+
+        r = ev.evaluate(float_path, paths, dataset="imagenet-agreement",
+                        data_dir=os.path.join(ROOT, "..", "shared", "data"), threads=2)
+    except Exception as e:  # noqa: BLE001 - the column stays empty
+        print(f"(no real-data SQNR: {e})", file=sys.stderr)
+        return {}
+    return {m["path"]: m["sqnr_db"] for m in r["models"][1:]}
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=20)
     ap.add_argument("--out", default=os.path.join(ROOT, "target", "bench-formats"))
+    ap.add_argument("--models", default="resnet50,mobilenetv2",
+                    help="comma-separated: resnet50 (generated), mobilenetv2 (../shared, BN form)")
     a = ap.parse_args()
     os.makedirs(a.out, exist_ok=True)
     models = {}
-    rn = os.path.join(a.out, "resnet50.onnx")
-    n = resnet50(rn)
-    models["ResNet-50 (generated, %.1f M params)" % (n / 1e6)] = rn
+    wanted = a.models.split(",")
+    if "resnet50" in wanted:
+        rn = os.path.join(a.out, "resnet50.onnx")
+        n = resnet50(rn)
+        models["ResNet-50 (generated, %.1f M params)" % (n / 1e6)] = rn
     mnv2 = os.path.join(ROOT, "..", "shared", "models", "mobilenetv2-imagenet-bn.onnx")
-    if os.path.exists(mnv2):
+    if "mobilenetv2" in wanted and os.path.exists(mnv2):
         models["MobileNetV2 (ImageNet weights)"] = mnv2
     print(f"onnxruntime {ort.__version__}, {os.cpu_count()} cores, median of {a.runs} runs, batch 1, 224x224\n")
-    print("| model | variant | ORT 1 thread | ORT 2 threads | tract 1 thread |")
-    print("|---|---|---|---|---|")
+    print("| model | variant | convs in integers (ORT) | ORT 1 thread | ORT 2 threads | tract 1 thread | SQNR dB (300 views) |")
+    print("|---|---|---|---|---|---|---|")
     for label, path in models.items():
         stem = os.path.join(a.out, os.path.basename(path).replace(".onnx", ""))
         variants = [("float", path)]
-        for f in ("convinteger", "convinteger-u8", "qdq", "qdq-u8", "qdq --qdq-outputs all",
-                  "qdq-u8 --qdq-outputs all"):
-            out = f"{stem}-{f.replace(' --qdq-outputs ', '-')}.onnx"
-            subprocess.run([BIN, "quantize", path, "-o", out, "--format", *f.split(), "--preset", "imagenet"],
-                           check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for f in ("--format convinteger", "--format convinteger-u8", "--format qdq", "--format qdq-u8",
+                  "--format qdq --qdq-outputs all", "--target ort", "--target tensorrt"):
+            out = f"{stem}-{f.replace('--', '').replace(' ', '-')}.onnx"
+            subprocess.run([BIN, "quantize", path, "-o", out, *f.split(), "--preset", "imagenet"],
+                           check=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             variants.append((f"isquant {f}", out))
         ortq = f"{stem}-ort-qdq.onnx"
         ort_quantize_static(path, ortq)
         variants.append(("ORT quantize_static (QDQ)", ortq))
+        sq = real_sqnr(path, [p for _, p in variants[1:]]) if "MobileNetV2" in label else {}
         base1 = base2 = tbase = None
         for v, p in variants:
             l1, l2 = ort_latency(p, 1, a.runs), ort_latency(p, 2, a.runs)
-            tl = tract_latency(p, a.runs) if v in ("float", "isquant convinteger", "isquant qdq-u8") else "–"
+            tl = tract_latency(p, a.runs) if not v.startswith("ORT") else "–"
             if v == "float":
                 base1, base2, tbase = l1, l2, tl
-            print(f"| {label} | {v} | {fmt(l1, None if v == 'float' else base1)} | "
-                  f"{fmt(l2, None if v == 'float' else base2)} | "
-                  f"{fmt(tl, None if v == 'float' or isinstance(tbase, str) else tbase)} |")
+            s_db = f"{sq[p]:.2f}" if p in sq else "–"
+            print(f"| {label} | {v} | {fused_convs(p) if v != 'float' else '–'} | "
+                  f"{fmt(l1, None if v == 'float' or isinstance(base1, str) else base1)} | "
+                  f"{fmt(l2, None if v == 'float' or isinstance(base2, str) else base2)} | "
+                  f"{fmt(tl, None if v == 'float' or isinstance(tbase, str) or isinstance(tl, str) else tbase)} | {s_db} |")
             sys.stdout.flush()
 
 
