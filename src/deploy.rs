@@ -29,12 +29,13 @@ fn factors(format: Format, outputs: QdqOutputs) -> (Option<Factor>, Option<Facto
         })
     };
     match (format, outputs) {
-        (Format::ConvInteger, _) => (f(4.95, 10.49), f(0.64, 5.58)),
-        (Format::ConvIntegerU8, _) => (f(1.33, 3.23), None),
-        (Format::Qdq, QdqOutputs::Exact) => (f(0.81, 1.82), None),
-        (Format::Qdq, QdqOutputs::All) => (f(0.89, 1.87), None),
-        (Format::QdqU8, QdqOutputs::Exact) => (f(0.73, 1.07), f(1.11, 1.74)),
-        (Format::QdqU8, QdqOutputs::All) => (f(0.36, 1.05), None),
+        // `python tools/formats/bench.py`, one run (docs/benchmarks.md, "issue 16").
+        (Format::ConvInteger, _) => (f(3.40, 8.13), f(0.97, 4.05)),
+        (Format::ConvIntegerU8, _) => (f(0.94, 2.26), None),
+        (Format::Qdq, QdqOutputs::Exact) => (f(0.69, 1.41), None),
+        (Format::Qdq, QdqOutputs::All) => (f(0.38, 0.80), None),
+        (Format::QdqU8, QdqOutputs::Exact) => (f(0.57, 1.56), f(1.48, 3.34)),
+        (Format::QdqU8, QdqOutputs::All) => (f(0.30, 0.53), None),
     }
 }
 
@@ -158,12 +159,12 @@ mod tests {
         assert_eq!(default.faster_for_ort.as_deref(), Some("--target ort"));
         assert!(default.faster_for_tract.is_none());
         assert!(
-            default.line.contains("4.95x float on ResNet-50"),
+            default.line.contains("3.40x float on ResNet-50"),
             "{}",
             default.line
         );
         assert!(
-            default.line.contains("0.36x float on ResNet-50"),
+            default.line.contains("0.30x float on ResNet-50"),
             "{}",
             default.line
         );
