@@ -63,7 +63,8 @@ pub enum NoiseInput {
 pub enum Equalize {
     /// On for models with depthwise convolutions (MobileNet-style), with DFQ's rule where
     /// CLE reaches under half of the convolutions, and off under `--qdq-outputs all` when BN
-    /// statistics exist (as measured; see docs/results.md).
+    /// statistics exist (its per-channel ReLU6 bounds would slow ONNX Runtime down; measured in
+    /// docs/benchmarks.md).
     #[default]
     Auto,
     /// Always.
