@@ -570,3 +570,61 @@ fn a_relu_min_pair_gets_the_q_after_the_convolution_and_stays_exact() {
         assert!(d <= 1.0, "{label} is {d} levels off at {at}");
     }
 }
+
+/// A `Min(x, c)` read only by QuantizeLinears that saturate at or below every bound
+/// (`c ≥ q_max·s`) is an Identity: the integers are the same bit for bit. Where one bound is
+/// below the Q's top, the Min stays.
+#[test]
+fn min_bounds_above_the_quantizers_top_become_identities_and_change_nothing() {
+    use crate::common::build::Builder;
+    use isquant::onnx::tensor::from_array;
+    use isquant::onnx::tensor::TensorData;
+    // Q top: uint8 255 · 0.01 = 2.55 and int8 127 · 0.01 = 1.27.
+    let build = |bound: [f32; 3], unsigned: bool| {
+        let zp = if unsigned {
+            TensorData::U8(ndarray::arr0(0u8).into_dyn())
+        } else {
+            TensorData::I8(ndarray::arr0(0i8).into_dyn())
+        };
+        Builder::new(13)
+            .input("x", &[1, 3, 4, 4])
+            .init("c", &[1, 3, 1, 1], bound.to_vec())
+            .init("s", &[], vec![0.01])
+            .init_tensor(from_array("z", &zp))
+            .node("Relu", &["x"], &["r"], vec![])
+            .node("Min", &["r", "c"], &["m"], vec![])
+            .node("QuantizeLinear", &["m", "s", "z"], &["q"], vec![])
+            .node("DequantizeLinear", &["q", "s", "z"], &["y"], vec![])
+            .output("y")
+            .build()
+    };
+    let x = seeded_uniform(&[1, 3, 4, 4], 3, -4.0, 8.0);
+    for (bound, unsigned, dropped) in [
+        ([2.6, 3.0, 5.0], true, 1),
+        ([2.5, 3.0, 5.0], true, 0),
+        ([1.3, 1.27, 9.0], false, 1),
+        ([1.2, 3.0, 5.0], false, 0),
+    ] {
+        let proto = build(bound, unsigned);
+        let mut m = Model::from_proto(proto.clone()).unwrap();
+        let n = isquant::passes::emit::drop_saturated_bounds(&mut m.graph);
+        assert_eq!(n, dropped, "{bound:?} unsigned {unsigned}");
+        let ops: Vec<&str> = m.graph.nodes.iter().map(|n| n.op_type.as_str()).collect();
+        assert_eq!(ops.contains(&"Min"), dropped == 0, "{ops:?}");
+        let (a, b) = (run(&proto, &x), run(&m.to_proto(), &x));
+        if dropped == 1 {
+            assert_eq!(a, b, "{bound:?}: the Identity changed the integers");
+        } else {
+            // Where it stays, dropping it by hand would change the integers: the inputs reach
+            // the bound, so the check above can fail.
+            let mut forced = proto.clone();
+            let g = forced.graph.as_mut().unwrap();
+            let min = g.node.iter_mut().find(|n| n.op_type() == "Min").unwrap();
+            min.op_type = Some("Identity".into());
+            min.input.truncate(1);
+            assert_ne!(a, run(&forced, &x), "{bound:?}");
+        }
+        // Some inputs are above the bounds, so a dropped Min that mattered would show.
+        assert!(x.iter().any(|&v| v > 5.0));
+    }
+}

@@ -62,9 +62,7 @@ pub enum NoiseInput {
 #[serde(rename_all = "kebab-case")]
 pub enum Equalize {
     /// On for models with depthwise convolutions (MobileNet-style), with DFQ's rule where
-    /// CLE reaches under half of the convolutions, and off under `--qdq-outputs all` when BN
-    /// statistics exist (its per-channel ReLU6 bounds would slow ONNX Runtime down; measured in
-    /// docs/benchmarks.md).
+    /// CLE reaches under half of the convolutions.
     #[default]
     Auto,
     /// Always.

@@ -20,7 +20,6 @@ use super::forward::forward_batches;
 use crate::error::Result;
 use crate::graph::{Graph, Model};
 use crate::metrics::{top_k, Sums};
-use crate::passes::emit::QdqOutputs;
 use crate::passes::equalize::{self as cle, EqualizeReport, FloatChange, Objective, Relu6};
 use crate::passes::fold_bn::ChannelStats;
 use crate::runtime::{Source, TractModel};
@@ -35,18 +34,15 @@ pub struct Equalized {
 }
 
 /// Whether equalization runs for this model and these options.
-fn wanted(graph: &Graph, stats: &BTreeMap<String, ChannelStats>, cfg: &QuantizeConfig) -> bool {
+fn wanted(graph: &Graph, cfg: &QuantizeConfig) -> bool {
     match cfg.equalize {
         Equalize::On => true,
         Equalize::Off => false,
-        // Under `--qdq-outputs all` (what `--target ort` writes, for speed) with BN statistics:
-        // off. With CLE there, MobileNetV2 measured 20.67 dB against 17.53 without (300 views),
-        // but its per-channel ReLU6 bounds run as float `DQ → Min → Q` between the fused
-        // convolutions in ONNX Runtime: 0.94× float against 0.53× (docs/benchmarks.md, issue 16).
-        Equalize::Auto => {
-            has_depthwise(graph)
-                && !(cfg.format.is_qdq() && cfg.qdq_outputs == QdqOutputs::All && !stats.is_empty())
-        }
+        // On under `--qdq-outputs all` too. It was off there while that form put its own Q on
+        // a convolution's output before equalization's `Relu → Min` (16.19 dB on MobileNetV2
+        // with CLE, 17.53 without); with the readers' Q placed there and the redundant bounds
+        // removed, CLE measures 20.67 dB at the same speed (docs/benchmarks.md, issue 16).
+        Equalize::Auto => has_depthwise(graph),
     }
 }
 
@@ -60,7 +56,7 @@ pub fn run(
     cfg: &QuantizeConfig,
     progress: &mut dyn FnMut(&str),
 ) -> Result<Equalized> {
-    if !wanted(&model.graph, stats, cfg) {
+    if !wanted(&model.graph, cfg) {
         return Ok(Equalized::default());
     }
     progress("equalize");
