@@ -347,8 +347,8 @@ fn per_channel_weights_run_in_every_format_and_keep_the_rules() {
     }
 }
 
-/// `--target ort` fuses every convolution (`--qdq-outputs all`); `--format qdq-u8` alone is the
-/// exact form; `all` is refused for the integer formats. The choice is recorded in the model.
+/// `--target ort` and `--target tensorrt` fuse every convolution (`--qdq-outputs all`);
+/// `--format qdq-u8` alone is the exact form; `all` is refused for the integer formats. The choice is recorded in the model.
 #[test]
 fn target_ort_picks_all_outputs_and_format_alone_stays_exact() {
     let dir = tempfile::tempdir().unwrap();
@@ -375,7 +375,12 @@ fn target_ort_picks_all_outputs_and_format_alone_stays_exact() {
     assert!(config_of(&["--target", "ort"]).contains("qdq-outputs=all"));
     assert!(config_of(&["--target", "ort", "--qdq-outputs", "exact"]).contains("qdq-outputs=exact"));
     assert!(config_of(&["--format", "qdq-u8"]).contains("qdq-outputs=exact"));
-    assert!(config_of(&["--target", "tensorrt"]).contains("qdq-outputs=exact"));
+    assert!(config_of(&["--target", "tensorrt"]).contains("qdq-outputs=all"));
+    assert!(config_of(&["--target", "tensorrt"]).contains("format=qdq "));
+    assert!(
+        config_of(&["--target", "tensorrt", "--qdq-outputs", "exact"])
+            .contains("qdq-outputs=exact")
+    );
     let out = dir.path().join("x.onnx");
     let r = isquant(&[
         "quantize",
