@@ -254,6 +254,17 @@ fn qdq_output_passes_the_tensorrt_rules_and_convinteger_does_not() {
     for (name, ..) in MODELS {
         let v = tensorrt_violations(&quantized(name, Format::Qdq));
         assert!(v.is_empty(), "{name}: {v:?}");
+        // What `--target tensorrt` writes: `--qdq-outputs all`, with its per-reader fan-out.
+        let all = quantized_with(
+            name,
+            QuantizeConfig {
+                format: Format::Qdq,
+                qdq_outputs: QdqOutputs::All,
+                ..QuantizeConfig::default()
+            },
+        );
+        let v = tensorrt_violations(&all);
+        assert!(v.is_empty(), "{name} (all): {v:?}");
         let v = tensorrt_violations(&quantized(name, Format::ConvInteger));
         assert!(
             v.iter()
