@@ -202,7 +202,11 @@ pub fn render(b: &Bench) -> String {
     }
     if let Some((first, rest)) = b.models.split_first() {
         for m in rest {
-            let how = if m.vs_first < 1.0 {
+            let how = if !m.vs_first.is_finite() {
+                "not comparable".to_string()
+            } else if (m.vs_first - 1.0).abs() < 0.005 {
+                "level".to_string()
+            } else if m.vs_first < 1.0 {
                 format!("{:.2}x faster", 1.0 / m.vs_first)
             } else {
                 "slower".to_string()

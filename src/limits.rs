@@ -88,7 +88,7 @@ pub fn forward_values(shapes: &str, values: u128) -> Result<()> {
     if values > limit {
         return Err(Error::Limit {
             what: format!(
-                "one run of the model at input shape {shapes} (a smaller shape with --input-shape, where the model allows it) computes"
+                "one run of the model at input shape {shapes} (a smaller shape with --input-shape, where the model allows it; the limit is 4 × ISQUANT_MAX_ELEMENTS) computes"
             ),
             unit: "values",
             value: values,

@@ -607,7 +607,14 @@ fn min_bounds_above_the_quantizers_top_become_identities_and_change_nothing() {
             .init("c", &[1, 3, 1, 1], bound.to_vec())
             .init("s", &[], vec![0.01])
             .init_tensor(from_array("z", &zp))
-            .node("Relu", &["x"], &["r"], vec![])
+            // A 1×1 convolution in front: the bound's channels are checked against its weight.
+            .init(
+                "w",
+                &[3, 3, 1, 1],
+                vec![1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0],
+            )
+            .node("Conv", &["x", "w"], &["cx"], vec![])
+            .node("Relu", &["cx"], &["r"], vec![])
             .node("Min", &["r", "c"], &["m"], vec![])
             .node("QuantizeLinear", &["m", "s", "z"], &["q"], vec![])
             .node("DequantizeLinear", &["q", "s", "z"], &["y"], vec![])
@@ -643,4 +650,70 @@ fn min_bounds_above_the_quantizers_top_become_identities_and_change_nothing() {
         // Some inputs are above the bounds, so a dropped Min that mattered would show.
         assert!(x.iter().any(|&v| v > 5.0));
     }
+    // A bound with more channels than the convolution makes (it would broadcast `x` to a larger
+    // shape) and a NaN bound stay.
+    let mut wide = build([2.6, 3.0, 5.0], true);
+    let g = wide.graph.as_mut().unwrap();
+    let w = g.initializer.iter_mut().find(|t| t.name() == "w").unwrap();
+    w.dims = vec![1, 3, 1, 1];
+    w.float_data.truncate(3);
+    let mut m = Model::from_proto(wide).unwrap();
+    assert_eq!(
+        isquant::passes::emit::drop_saturated_bounds(&mut m.graph),
+        0
+    );
+    let mut m = Model::from_proto(build([f32::NAN, 3.0, 5.0], true)).unwrap();
+    assert_eq!(
+        isquant::passes::emit::drop_saturated_bounds(&mut m.graph),
+        0
+    );
+}
+
+/// `qdq-u8` removes a Relu / Clip(0, c) right after a layer because its uint8 Q clamps at 0;
+/// a Clip whose lower bound is above 0 must stay (the Q would not apply it), and the model
+/// must still compute what the integer format computes.
+#[test]
+fn a_clip_above_zero_is_not_absorbed_by_the_uint8_q() {
+    use crate::common::build::{ints, Builder};
+    let proto = Builder::new(13)
+        .input("x", &[1, 3, 8, 8])
+        .random("w1", &[4, 3, 3, 3], 1.0, 0.0)
+        .random("b1", &[4], 1.0, 0.0)
+        .init("lo", &[], vec![0.5])
+        .init("hi", &[], vec![6.0])
+        .random("w2", &[5, 4, 1, 1], 1.0, 0.0)
+        .node(
+            "Conv",
+            &["x", "w1", "b1"],
+            &["c1"],
+            vec![ints("pads", &[1, 1, 1, 1])],
+        )
+        .node("Clip", &["c1", "lo", "hi"], &["r1"], vec![])
+        .node("Conv", &["r1", "w2"], &["y"], vec![])
+        .output("y")
+        .build();
+    let float = Model::from_proto(proto).unwrap();
+    let make = |format| {
+        let mut m = float.clone();
+        let cfg = QuantizeConfig {
+            format,
+            input_range: Some((-1.0, 1.0)),
+            ..QuantizeConfig::default()
+        };
+        quantize(&mut m, &cfg, None, &mut |_| {}).unwrap();
+        m.to_proto()
+    };
+    let q = make(Format::QdqU8);
+    assert!(
+        q.graph
+            .as_ref()
+            .unwrap()
+            .node
+            .iter()
+            .any(|n| n.op_type() == "Clip"),
+        "the Clip(0.5, 6) was removed"
+    );
+    let x = seeded_uniform(&[1, 3, 8, 8], 4, -1.0, 1.0);
+    let (d, at) = max_level_difference(&make(Format::ConvInteger), &q, &x);
+    assert!(d <= 1.0, "qdq-u8 is {d} levels off at {at}");
 }

@@ -21,7 +21,7 @@ mod constants;
 mod finite;
 pub mod names;
 mod node;
-mod order;
+pub(crate) mod order;
 pub mod validate;
 
 pub use constants::{ConstantSource, MAX_CONSTANT_STEPS};

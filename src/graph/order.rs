@@ -181,7 +181,7 @@ impl Graph {
 
 /// Calls `f` with every value name `n` reads: its inputs and the names its subgraphs read
 /// (walked with an explicit stack, not recursion).
-fn node_references<'a>(n: &'a Node, mut f: impl FnMut(&'a str)) {
+pub(crate) fn node_references<'a>(n: &'a Node, mut f: impl FnMut(&'a str)) {
     n.inputs.iter().for_each(|s| f(s));
     let mut graphs: Vec<&'a pb::GraphProto> = Vec::new();
     let push = |attrs: &'a [pb::AttributeProto], graphs: &mut Vec<&'a pb::GraphProto>| {

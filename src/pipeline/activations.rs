@@ -208,6 +208,9 @@ pub fn observe(
     // model with open dimensions and BN ranges then keeps the float projections it had).
     let optional = cfg.act_ranges == ActRanges::Auto
         && forward_shape(model, cfg.input_shape.as_deref()).is_err();
+    // Whether a layer's input range needs the pass; if only output Qs of `auto` ask for it,
+    // the pass is best effort (a model tract cannot run keeps its float projections).
+    let needed = !values.is_empty() || cfg.act_ranges != ActRanges::Auto;
     if cfg.act_ranges != ActRanges::Bn && !optional {
         values.extend(output_values(model, chosen, cfg).into_iter().flatten());
     }
@@ -216,6 +219,20 @@ pub fn observe(
     if values.is_empty() {
         return Ok(ranges::Pass::default());
     }
+    match noise_pass(model, &values, cfg, calibration, progress) {
+        Err(_) if !needed => Ok(ranges::Pass::default()),
+        r => r,
+    }
+}
+
+/// The forward pass of [`observe`] over `values`: calibration batches, or seeded noise.
+fn noise_pass(
+    model: &Model,
+    values: &[String],
+    cfg: &QuantizeConfig,
+    calibration: Option<&[Vec<ArrayD<f32>>]>,
+    progress: &mut dyn FnMut(&str),
+) -> Result<ranges::Pass> {
     let batches: Vec<Vec<ArrayD<f32>>> = match cfg.act_ranges {
         ActRanges::Calibrate => calibration.map(<[_]>::to_vec).unwrap_or_default(),
         _ => {
@@ -282,7 +299,7 @@ pub fn observe(
     let settle = (cfg.act_ranges != ActRanges::Calibrate).then_some(&settle);
     // A pass over large inputs takes seconds per batch: say how far it is.
     let mut last = std::time::Instant::now();
-    ranges::observe(model, &values, &batches, 97, settle, |done, total| {
+    ranges::observe(model, values, &batches, 97, settle, |done, total| {
         if done < total && last.elapsed().as_secs_f64() >= 2.0 {
             last = std::time::Instant::now();
             progress(&format!("forward pass: {done} of {total} batches"));

@@ -524,12 +524,59 @@ fn drop_saturated_bounds_in(graph: &Graph, nodes: &mut [Node]) -> usize {
         .iter()
         .filter_map(|o| o.name.as_deref())
         .collect();
+    // Readers by every reference, subgraphs of If/Loop included (a Min read inside one stays).
     let mut readers: HashMap<&str, Vec<usize>> = HashMap::new();
+    let mut captured: std::collections::HashSet<&str> = std::collections::HashSet::new();
     for (i, n) in nodes.iter().enumerate() {
         for v in &n.inputs {
             readers.entry(v.as_str()).or_default().push(i);
         }
+        let direct: std::collections::HashSet<&str> = n.inputs.iter().map(String::as_str).collect();
+        crate::graph::order::node_references(n, |v| {
+            if !direct.contains(v) {
+                captured.insert(v);
+            }
+        });
     }
+    let producer: HashMap<&str, usize> = nodes
+        .iter()
+        .enumerate()
+        .flat_map(|(i, n)| n.outputs.iter().map(move |o| (o.as_str(), i)))
+        .collect();
+    // The channels of `x`: walks back through the ops the emitter and equalization put between
+    // a convolution and its activation to the convolution, and reads its weight's output
+    // channels (so a bound `[1, C, 1, 1]` cannot broadcast `x` to a larger shape).
+    let channels = |x: &str| -> Option<usize> {
+        let mut v = x;
+        for _ in 0..8 {
+            let n = &nodes[*producer.get(v)?];
+            if n.is("Conv") || n.is("ConvInteger") {
+                let mut w = n.input(1)?;
+                if let Some(&d) = producer.get(w) {
+                    let dq = &nodes[d];
+                    if !dq.is("DequantizeLinear") {
+                        return None;
+                    }
+                    w = dq.input(0)?;
+                }
+                let dims = &graph.initializer(w)?.dims;
+                return dims.first().and_then(|&c| usize::try_from(c).ok());
+            }
+            let passes = [
+                "Relu",
+                "DequantizeLinear",
+                "QuantizeLinear",
+                "Add",
+                "Mul",
+                "Cast",
+            ];
+            if !passes.iter().any(|op| n.is(op)) {
+                return None;
+            }
+            v = n.input(0)?;
+        }
+        None
+    };
     let mut drop: Vec<usize> = Vec::new();
     for (i, n) in nodes.iter().enumerate() {
         if !n.is("Min") || n.inputs.len() != 2 {
@@ -539,7 +586,21 @@ fn drop_saturated_bounds_in(graph: &Graph, nodes: &mut [Node]) -> usize {
         else {
             continue;
         };
-        if outputs.contains(out.as_str()) || bound.is_empty() {
+        if outputs.contains(out.as_str())
+            || captured.contains(out.as_str())
+            || bound.is_empty()
+            || bound.iter().any(|b| b.is_nan())
+        {
+            continue;
+        }
+        // Dropping the Min must not change the shape: a scalar bound, or `[1, C, 1, 1]` on an
+        // `x` with C channels.
+        let fits = match bound.shape() {
+            [] | [1] => true,
+            [1, c, 1, 1] => channels(&n.inputs[0]) == Some(*c),
+            _ => false,
+        };
+        if !fits {
             continue;
         }
         let lowest = bound

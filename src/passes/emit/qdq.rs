@@ -74,9 +74,9 @@ pub(super) fn output_quants(
         s
     };
     // Lower and upper clamp of a Relu / Clip with a non-negative lower bound.
-    let clamp = |n: &Node| -> Option<f64> {
+    let clamp = |n: &Node| -> Option<(f64, f64)> {
         if n.is("Relu") {
-            return Some(f64::INFINITY);
+            return Some((0.0, f64::INFINITY));
         }
         if !n.is("Clip") {
             return None;
@@ -84,7 +84,7 @@ pub(super) fn output_quants(
         // Malformed bounds were already errors in the range passes; here they are no clamp.
         let (lo, hi) = graph.clip_bounds(n, &producers).ok().flatten()?;
         let (lo, hi) = (f64::from(lo?), hi.map_or(f64::INFINITY, f64::from));
-        (lo >= 0.0).then_some(hi)
+        (lo >= 0.0).then_some((lo, hi))
     };
     let unsigned_ok = format == Format::QdqU8;
     let mut out = HashMap::new();
@@ -109,7 +109,7 @@ pub(super) fn output_quants(
         let y_is_output = exact && graph_outputs.contains(y.as_str());
         if let (false, [r]) = (y_is_output, readers.as_slice()) {
             let act = &graph.nodes[*r];
-            if let (Some(hi), Some(a_out)) = (clamp(act), act.outputs.first()) {
+            if let (Some((lo, hi)), Some(a_out)) = (clamp(act), act.outputs.first()) {
                 // The readers quantize the activation's output, or that of one `Min` with a
                 // constant after it (equalization's per-channel ReLU6 bound). The Q after the
                 // layer is exact there too: rounding is monotone, so
@@ -132,8 +132,13 @@ pub(super) fn output_quants(
                 let quantized = readers_q(a_out).or_else(|| then_min().and_then(readers_q));
                 if let Some((scale, unsigned)) = quantized {
                     let q_hi = f64::from(scale) * 255.0;
-                    let absorb = (unsigned && unsigned_ok && q_hi <= hi + 1e-6 * hi.abs().max(1.0))
-                        .then(|| (*r, a_out.clone()));
+                    // The uint8 Q clamps at 0, so it replaces the activation only when that
+                    // clamps at 0 too (a `Clip(0.5, 6)` keeps its lower bound).
+                    let absorb = (unsigned
+                        && unsigned_ok
+                        && lo == 0.0
+                        && q_hi <= hi + 1e-6 * hi.abs().max(1.0))
+                    .then(|| (*r, a_out.clone()));
                     out.insert(
                         y.clone(),
                         OutQ {
@@ -234,11 +239,16 @@ pub(super) fn one_dequantize_per_q(e: &mut Emitter<'_>) {
             }
         }
     }
+    // Only the QuantizeLinears the emitter made (Q/DQ pairs of the input model keep theirs).
+    let ours: std::collections::HashSet<&str> =
+        e.shared_q.values().map(|(q, _, _)| q.as_str()).collect();
     let shared: Vec<(usize, Vec<usize>)> = e
         .nodes
         .iter()
         .enumerate()
-        .filter(|(_, n)| n.is("QuantizeLinear"))
+        .filter(|(_, n)| {
+            n.is("QuantizeLinear") && n.outputs.first().is_some_and(|o| ours.contains(o.as_str()))
+        })
         .filter_map(|(i, n)| {
             let dqs = readers.get(n.outputs.first()?)?;
             (dqs.len() > 1).then(|| (i, dqs.clone()))
