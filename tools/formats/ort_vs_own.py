@@ -43,12 +43,15 @@ MODELS = [
 ]
 
 
-def session(path):
+def session(path, optimized=None):
+    """A 1-thread session; `optimized`: where to save ONNX Runtime's optimized graph (never
+    beside a model of ../shared, which this script must not write to)."""
     o = ort.SessionOptions()
     o.intra_op_num_threads = 1
     o.inter_op_num_threads = 1
     o.log_severity_level = 3
-    o.optimized_model_filepath = path + ".ort-optimized.onnx"
+    if optimized:
+        o.optimized_model_filepath = optimized
     return ort.InferenceSession(path, o, providers=["CPUExecutionProvider"])
 
 
@@ -106,7 +109,8 @@ def main():
             theirs = None
             own_err = str(e).splitlines()[0][:60]
         paths = [("float", src), ("ours", ours)] + ([("own", theirs)] if theirs else [])
-        sess = [(k, session(p), p) for k, p in paths]
+        # Only the quantized models (in --out) get their optimized graph saved beside them.
+        sess = [(k, session(p, None if k == "float" else p + ".ort-optimized.onnx"), p) for k, p in paths]
         x = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
         times = {k: [] for k, _, _ in sess}
         for rnd in range(a.runs + 3):
