@@ -254,7 +254,7 @@ fn qdq_output_passes_the_tensorrt_rules_and_convinteger_does_not() {
     for (name, ..) in MODELS {
         let v = tensorrt_violations(&quantized(name, Format::Qdq));
         assert!(v.is_empty(), "{name}: {v:?}");
-        // What `--target tensorrt` writes: `--qdq-outputs all`, with its per-reader fan-out.
+        // `--target tensorrt --qdq-outputs all`, with its per-reader fan-out.
         let all = quantized_with(
             name,
             QuantizeConfig {
@@ -358,8 +358,8 @@ fn per_channel_weights_run_in_every_format_and_keep_the_rules() {
     }
 }
 
-/// `--target ort` and `--target tensorrt` fuse every convolution (`--qdq-outputs all`);
-/// `--format qdq-u8` alone is the exact form; `all` is refused for the integer formats. The choice is recorded in the model.
+/// `--target ort` fuses every convolution (`--qdq-outputs all`); `--target tensorrt` and
+/// `--format qdq-u8` alone are the exact form; `all` is refused for the integer formats. The choice is recorded in the model.
 #[test]
 fn target_ort_picks_all_outputs_and_format_alone_stays_exact() {
     let dir = tempfile::tempdir().unwrap();
@@ -386,11 +386,10 @@ fn target_ort_picks_all_outputs_and_format_alone_stays_exact() {
     assert!(config_of(&["--target", "ort"]).contains("qdq-outputs=all"));
     assert!(config_of(&["--target", "ort", "--qdq-outputs", "exact"]).contains("qdq-outputs=exact"));
     assert!(config_of(&["--format", "qdq-u8"]).contains("qdq-outputs=exact"));
-    assert!(config_of(&["--target", "tensorrt"]).contains("qdq-outputs=all"));
+    assert!(config_of(&["--target", "tensorrt"]).contains("qdq-outputs=exact"));
     assert!(config_of(&["--target", "tensorrt"]).contains("format=qdq "));
     assert!(
-        config_of(&["--target", "tensorrt", "--qdq-outputs", "exact"])
-            .contains("qdq-outputs=exact")
+        config_of(&["--target", "tensorrt", "--qdq-outputs", "all"]).contains("qdq-outputs=all")
     );
     let out = dir.path().join("x.onnx");
     let r = isquant(&[

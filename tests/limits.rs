@@ -180,7 +180,6 @@ fn a_huge_fixed_batch_asks_for_input_shape() {
 /// sum of every node's output elements, 4 × the element budget) and the shape named.
 #[test]
 fn the_work_of_one_forward_pass_is_bounded() {
-    let t = std::time::Instant::now();
     quantize_rejects(
         "ppocr-textline-cls.onnx",
         &["--input-shape", "1,3,30000,255", "--noise-batch", "4"],
@@ -190,8 +189,6 @@ fn the_work_of_one_forward_pass_is_bounded() {
             "ISQUANT_MAX_ELEMENTS",
         ],
     );
-    // Refused before the slow part, not after it (a generous bound: it takes ~4 s in release).
-    assert!(t.elapsed().as_secs() < 120, "{:?}", t.elapsed());
     // The classifier at its own size is well within the limit.
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("q.onnx");

@@ -121,12 +121,12 @@ pub(super) struct QuantizeArgs {
     #[arg(long, value_enum)]
     format: Option<Format>,
     /// Pick the format for a runtime: tract (convinteger), ort (qdq-u8 --qdq-outputs all:
-    /// every convolution fused to QLinearConv), ort-legacy (convinteger-u8), tensorrt (qdq
-    /// --qdq-outputs all, int8 only).
+    /// every convolution fused to QLinearConv), ort-legacy (convinteger-u8), tensorrt (qdq,
+    /// int8 only).
     #[arg(long, value_enum)]
     target: Option<Target>,
-    /// Q/DQ formats: where a Q -> DQ goes after a layer. Default: all with --target ort or
-    /// tensorrt, else exact.
+    /// Q/DQ formats: where a Q -> DQ goes after a layer. Default: all with --target ort, else
+    /// exact.
     #[arg(long, value_enum)]
     qdq_outputs: Option<QdqOutputs>,
     /// Activation encoding (--format qdq always uses int8).
